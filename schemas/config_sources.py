@@ -1,0 +1,32 @@
+"""Configuration of one input source ([[sources]])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.conversation import Tier
+
+SourceFormat = Literal["alpaca", "dolly", "sharegpt", "openai", "oasst", "prompt_completion"]
+
+
+class SourceConfig(BaseModel):
+    """A file (or directory of files) of demonstrations in one public format."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="unique; used in origin")
+    path: Path = Field(description="a .jsonl, .json or .parquet file, or a directory of them")
+    format: SourceFormat | None = Field(default=None, description="read from the file when absent")
+    tier: Tier = Field(description="expert | crowdsourced | synthetic")
+    license: str | None = Field(default=None, description="kept in curated/ metadata")
+    oasst_paths: Literal["best", "all"] = Field(
+        default="best", description="OpenAssistant trees: the best-ranked path, or every path"
+    )
+    prompt_field: str | None = Field(default=None, description="prompt_completion: prompt key override")
+    completion_field: str | None = Field(default=None, description="prompt_completion: completion key override")
+    strip_suffixes: list[str] = Field(
+        default_factory=lambda: ["<|endoftext|>", "</s>"],
+        description="prompt_completion: end markers removed from the end of completions",
+    )
