@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas.config_curation import DedupConfig, QualityConfig
 from schemas.config_flow import GateConfig, ReportConfig, RunnerConfig
-from schemas.config_mix import MixConfig, SelectConfig
+from schemas.config_mix import BeforeAfterConfig, MixConfig, SelectConfig
 from schemas.config_render import PackConfig, TemplateConfig, TokenizerConfig
 from schemas.config_sources import SourceConfig
 from schemas.config_train import ModelConfig, TrainConfig
@@ -37,6 +37,7 @@ class RunConfig(BaseModel):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    before_after: BeforeAfterConfig = Field(default_factory=BeforeAfterConfig)
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
