@@ -1,0 +1,259 @@
+"""Ingestion: one configured source -> canonical Parquet parts, quarantine and ledger rows.
+
+`ingest_source` streams the source's file(s) record by record (pipeline.readers.files), turns each
+record into a canonical conversation with its format's transform (pipeline.readers.formats, or the
+OASST tree assembly in pipeline.readers.oasst) and writes
+
+    work/ingest/<source>/part-NNNNN.parquet   kept conversations, `chunk_rows` per part (CANONICAL_SCHEMA)
+    quarantine/<source>.parquet              origin, source, tier, reason, errors, raw
+    ledger/ingest-<source>.parquet           one row per quarantined or dropped record
+
+A failing record never stops the run; a source that cannot be read at all raises SourceError.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.canonical import CANONICAL_SCHEMA
+from pipeline.ledger import LedgerImbalance, ledger_rows, write_ledger_part
+from pipeline.readers.files import RawItem, RecordError, SourceError, data_files, iter_file
+from pipeline.readers.formats import TRANSFORMS, detect_format
+from pipeline.readers.oasst import assemble
+from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from schemas.config_sources import SourceConfig
+from schemas.conversation import conversation_id
+
+__all__ = ["SourceError", "ingest_source", "resolve_format"]
+
+QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in ("origin", "source", "tier", "reason", "errors", "raw")])
+#: How many records are read looking for one that reveals the format.
+DETECT_WINDOW = 1000
+
+
+def _raw_text(raw: Any) -> str:
+    """The raw record as text; invalid UTF-8 bytes shown as \\xNN (backslashreplace)."""
+    if raw is None:
+        return ""
+    if isinstance(raw, bytes):
+        return raw.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+    if isinstance(raw, str):
+        return raw
+    return orjson.dumps(raw, default=str).decode("utf-8", "backslashreplace")
+
+
+class _PartWriter:
+    """Buffers kept conversations column-wise and writes a canonical part every `chunk_rows`."""
+
+    def __init__(self, out_dir: Path, source: SourceConfig, chunk_rows: int):
+        self.out_dir, self.source, self.chunk_rows = out_dir, source, chunk_rows
+        self.parts: list[Path] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cols: dict[str, list] = {k: [] for k in ("conversation_id", "origin", "category", "original_id")}
+        # messages are kept flat (offsets + roles + contents): building list<struct> from Python dicts
+        # row by row is the slowest step of ingestion otherwise.
+        self.offsets, self.roles, self.contents = [0], [], []
+
+    def add(self, origin: str, messages: list[dict], category: str | None, original_id: str | None) -> None:
+        c = self.cols
+        c["conversation_id"].append(conversation_id(messages))
+        c["origin"].append(origin)
+        for m in messages:
+            self.roles.append(m["role"])
+            self.contents.append(m["content"])
+        self.offsets.append(len(self.roles))
+        c["category"].append(category)
+        c["original_id"].append(original_id)
+        if len(c["origin"]) >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        n = len(self.cols["origin"])
+        if not n:
+            return
+        s = self.source
+        messages = pa.ListArray.from_arrays(
+            pa.array(self.offsets, pa.int32()),
+            pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())],
+                                       names=["role", "content"]),
+        )
+        df = pl.DataFrame(
+            {
+                "conversation_id": self.cols["conversation_id"],
+                "origin": self.cols["origin"],
+                "source": [s.name] * n,
+                "tier": [str(s.tier.value)] * n,
+                "messages": pl.Series("messages", messages, dtype=CANONICAL_SCHEMA["messages"]),
+                "license": [s.license] * n,
+                "category": self.cols["category"],
+                "original_id": self.cols["original_id"],
+            },
+            schema=CANONICAL_SCHEMA,
+        )
+        path = self.out_dir / f"part-{len(self.parts):05d}.parquet"
+        atomic_write_parquet(df, path)
+        self.parts.append(path)
+        self._reset()
+
+
+class _Rejects:
+    """Quarantined and dropped records: quarantine Parquet streamed in row groups, ledger rows kept small."""
+
+    def __init__(self, path: Path, source: SourceConfig, flush_rows: int = 10_000):
+        self.path, self.source, self.flush_rows = path, source, flush_rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, QUARANTINE_SCHEMA)
+        self._q: dict[str, list] = {"origin": [], "reason": [], "errors": [], "raw": []}
+        self.ledger: dict[str, list] = {"origin": [], "outcome": [], "reason": [], "detail": []}
+        self.reasons: Counter[str] = Counter()
+        self.quarantined = self.dropped = 0
+
+    def quarantine(self, origin: str, code: str, errors: str, raw: Any) -> None:
+        self.quarantined += 1
+        self._note(origin, "quarantined", code, errors)
+        for k, v in (("origin", origin), ("reason", code), ("errors", errors), ("raw", _raw_text(raw))):
+            self._q[k].append(v)
+        if len(self._q["origin"]) >= self.flush_rows:
+            self._flush()
+
+    def drop(self, origin: str, code: str, detail: str) -> None:
+        self.dropped += 1
+        self._note(origin, "dropped", code, detail)
+
+    def _note(self, origin: str, outcome: str, code: str, detail: str) -> None:
+        self.reasons[code] += 1
+        for k, v in (("origin", origin), ("outcome", outcome), ("reason", code), ("detail", detail)):
+            self.ledger[k].append(v)
+
+    def _flush(self) -> None:
+        n = len(self._q["origin"])
+        cols = {**self._q, "source": [self.source.name] * n, "tier": [str(self.source.tier.value)] * n}
+        self._writer.write_table(pa.table({c: cols[c] for c in QUARANTINE_SCHEMA.names}, schema=QUARANTINE_SCHEMA))
+        self._q = {k: [] for k in self._q}
+
+    def close(self, run_dir: Path) -> Path:
+        if self._q["origin"]:
+            self._flush()
+        self._writer.close()
+        self._tmp.replace(self.path)
+        s = self.source
+        frame = pl.DataFrame(self.ledger, schema={k: pl.String for k in self.ledger}).with_columns(
+            source=pl.lit(s.name, dtype=pl.String), tier=pl.lit(str(s.tier.value), dtype=pl.String)
+        )
+        parts = [
+            ledger_rows(frame.filter(pl.col("outcome") == o), stage="ingest", outcome=o,
+                        reason=pl.col("reason"), detail=pl.col("detail"))
+            for o in ("quarantined", "dropped")
+        ]
+        return write_ledger_part(run_dir, f"ingest-{s.name}", pl.concat(parts))
+
+
+def _located_items(files: list[Path], root: Path) -> Iterator[tuple[str, RawItem]]:
+    """(origin prefix, item) for every record of every file; a directory source names the file in origins."""
+    for f in files:
+        prefix = "" if f == root else f"{f.relative_to(root).as_posix()}:"
+        for item in iter_file(f):
+            yield prefix, item
+
+
+def resolve_format(source: SourceConfig, peek: list[RawItem] | None = None) -> str:
+    """The configured format, else the one the first decodable record reveals; SourceError when none does."""
+    if source.format:
+        return source.format
+    if peek is None:
+        peek = [item for _, item in itertools.islice(_located_items(data_files(source.path), source.path),
+                                                     DETECT_WINDOW)]
+    for item in peek:
+        if item.error is None and (fmt := detect_format(item.value)):
+            return fmt
+    raise SourceError(
+        f"{source.path}: cannot tell the format of source {source.name!r} from its first records; "
+        "set format = \"alpaca\" | \"dolly\" | \"sharegpt\" | \"openai\" | \"oasst\" | \"prompt_completion\" "
+        "in its [[sources]] entry"
+    )
+
+
+def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000) -> dict:
+    """Read one source into the run directory; return its stats (see module docstring for outputs).
+
+    Stats: source, tier, format, read, kept, quarantined, dropped, reasons {code: n}, parts [paths],
+    seconds. read == kept + quarantined + dropped is checked here (LedgerImbalance otherwise).
+    """
+    t0 = time.perf_counter()
+    rd = RunDir.of(run_dir)
+    files = data_files(Path(source.path))
+    items = _located_items(files, Path(source.path))
+    head = list(itertools.islice(items, DETECT_WINDOW))
+    fmt = resolve_format(source, [item for _, item in head])
+    items = itertools.chain(head, items)
+
+    out_dir = rd.stage_dir("ingest") / source.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("part-*.parquet"):
+        stale.unlink()
+    parts = _PartWriter(out_dir, source, chunk_rows)
+    rejects = _Rejects(rd.quarantine / f"{source.name}.parquet", source)
+    name = source.name
+    read = kept = 0
+
+    if fmt == "oasst":
+        located = ((RawItem(prefix + item.locator, item.value, item.raw, item.error)) for prefix, item in items)
+        for o in assemble(located, source.oasst_paths):
+            read += 1
+            origin = f"{name}:{o.locator}"
+            if o.outcome == "kept":
+                kept += 1
+                parts.add(origin, o.messages, None, o.original_id)
+            elif o.outcome == "quarantined":
+                rejects.quarantine(origin, o.code, o.detail, o.raw)
+            else:
+                rejects.drop(origin, o.code, o.detail)
+    else:
+        transform = TRANSFORMS[fmt]
+        for prefix, item in items:
+            read += 1
+            origin = f"{name}:{prefix}{item.locator}"
+            if item.error is not None:
+                rejects.quarantine(origin, item.error.code, item.error.message, item.raw)
+                continue
+            try:
+                messages, category, original_id = transform(item.value, source)
+            except RecordError as e:
+                rejects.quarantine(origin, e.code, e.message, item.raw if item.raw is not None else item.value)
+                continue
+            kept += 1
+            parts.add(origin, messages, category, original_id)
+
+    parts.flush()
+    rejects.close(rd.root)
+    if read != kept + rejects.quarantined + rejects.dropped:
+        raise LedgerImbalance(f"ingest {name}: read {read} != kept {kept} + quarantined {rejects.quarantined} "
+                              f"+ dropped {rejects.dropped}")
+    stats = {
+        "source": name,
+        "tier": str(source.tier.value),
+        "format": fmt,
+        "files": [str(f) for f in files],
+        "read": read,
+        "kept": kept,
+        "quarantined": rejects.quarantined,
+        "dropped": rejects.dropped,
+        "reasons": dict(sorted(rejects.reasons.items())),
+        "parts": [str(p) for p in parts.parts],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    atomic_write_json(out_dir / "stats.json", stats)
+    return stats
