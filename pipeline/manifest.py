@@ -1,0 +1,87 @@
+"""manifest.json: the last file a run writes; its presence says the shards are complete.
+
+It names the schema version, the config hash, the tokenizer hash, the template, the counts and every
+shard with its sha256 and row count. The trainer refuses a run directory without it (`read_manifest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.rundir import RunDir, atomic_write_json
+
+#: Version of the manifest and shard layout; bump it (and say so in the README) when either changes.
+SCHEMA_VERSION = 1
+
+
+class ManifestError(RuntimeError):
+    """The run directory has no (readable, current) manifest.json: it is incomplete."""
+
+
+def schema_version() -> int:
+    """The manifest/shard schema version this code writes and reads."""
+    return SCHEMA_VERSION
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> Path:
+    """Write manifest.json atomically, after everything else of the run is on disk."""
+    rd = RunDir.of(run_dir)
+    tok_file = rd.tokenizer / "tokenizer.json"
+    if not tok_file.exists():
+        raise ManifestError(f"{tok_file} is missing: run the tokenize stage before writing the manifest")
+    tok_cfg = json.loads((rd.tokenizer / "tokenizer_config.json").read_text(encoding="utf-8"))
+    shards = []
+    for path in sorted(rd.shards.glob("*.parquet")):
+        shards.append({
+            "path": f"shards/{path.name}",
+            "split": path.name.split("-", 1)[0],
+            "rows": pq.ParquetFile(path).metadata.num_rows,
+            "sha256": _sha256(path),
+        })
+    if not shards:
+        raise ManifestError(f"{rd.shards} holds no shard: run the tokenize stage before writing the manifest")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.name,
+        "config_hash": cfg.section_hash(),
+        "tokenizer_hash": _sha256(tok_file),
+        "template": cfg.template.name,
+        "chat_template": tok_cfg.get("chat_template"),
+        "max_seq_len": cfg.pack.max_seq_len,
+        "counts": counts,
+        "shards": shards,
+    }
+    return atomic_write_json(rd.manifest, manifest)
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    """The manifest of a complete run directory; ManifestError (saying what to do) otherwise."""
+    path = RunDir.of(run_dir).manifest
+    if not path.exists():
+        raise ManifestError(
+            f"{path} not found: {run_dir} is not a complete run directory (the curation flow writes "
+            "manifest.json last); run `sftforge curate CONFIG` first"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e}); re-run the curation") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path}: schema_version {manifest.get('schema_version')!r}, this sftforge reads {SCHEMA_VERSION}; "
+            "re-run the curation with this version"
+        )
+    return manifest

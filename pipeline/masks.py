@@ -1,0 +1,222 @@
+"""Render, tokenize and mask whole conversations: ids and loss mask from ONE tokenization.
+
+Each conversation is rendered once by its template (text + character spans of every turn), the whole
+text is tokenized once (`encode_batch`, batched), and the loss mask is derived from the character
+spans through the token offsets. Prompt and response are never tokenized apart.
+
+Targets (mask = 1), as CONTRACTS.md states: the tokens carrying assistant content and the end-of-turn
+marker closing each assistant turn; with `train_on = "last_assistant"` only the last assistant turn;
+with `train_on_prompt` also the system and user contents. The first token of a conversation is never
+a target (nothing precedes it to predict it from).
+
+Straddling tokens (written down once, here, and tested): a token is a target if ANY of its characters
+lies inside a target span. So a token that merges a header's last character with the first character
+of an assistant reply (e.g. " Hello" after "[/INST]", or "\\n\\n" + "Hi") is a target: the model must
+produce the reply's characters, and this is the same rule as transformers'
+`return_assistant_tokens_mask`. Such a token can only carry template text besides the target
+characters (a role header or separator) never system or user content; the decode self-check
+(`check_conversation`) verifies exactly that for every checked conversation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from pipeline.templates import ChatTemplate, Messages, Rendered, Turn
+
+TOO_LONG = "tokenize.too_long"
+NO_SUPERVISED = "tokenize.no_supervised_tokens"
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Which turns are targets, and what happens to conversations longer than a row."""
+
+    train_on: str = "all_assistant"
+    train_on_prompt: bool = False
+    max_seq_len: int | None = None
+    overflow: str = "drop"
+
+
+@dataclass
+class Encoded:
+    """Per-conversation results of `encode_conversations` (lists aligned with the input)."""
+
+    ids: list[np.ndarray] = field(default_factory=list)  # int32; empty when dropped
+    masks: list[np.ndarray] = field(default_factory=list)  # uint8; empty when dropped
+    reasons: list[str | None] = field(default_factory=list)  # None = kept, else a ledger reason code
+    details: list[str | None] = field(default_factory=list)  # the ledger sentence for a drop
+    full_tokens: list[int] = field(default_factory=list)  # rendered length before truncation
+    full_supervised: list[int] = field(default_factory=list)  # targets before truncation
+    truncated: list[bool] = field(default_factory=list)
+
+
+def target_turns(turns: Sequence[Turn], opts: MaskOptions) -> list[Turn]:
+    """The turns whose spans are targets under `opts`."""
+    assistants = [t for t in turns if t.role == "assistant"]
+    if opts.train_on == "last_assistant":
+        assistants = assistants[-1:]
+    chosen = set(assistants)
+    if opts.train_on_prompt:
+        chosen.update(t for t in turns if t.role != "assistant")
+    return [t for t in turns if t in chosen and t.end > t.start]
+
+
+def token_range(enc: Encoding, start: int, end: int, n: int) -> tuple[int, int] | None:
+    """[first, last+1) of the tokens that overlap characters [start, end); None if no token does."""
+    first = None
+    for c in range(start, end):  # a char not covered by any token (normaliser removed it) is skipped
+        first = enc.char_to_token(c)
+        if first is not None:
+            break
+    if first is None:
+        return None
+    last = first
+    for c in range(end - 1, start - 1, -1):
+        t = enc.char_to_token(c)
+        if t is not None:
+            last = t
+            break
+    # char_to_token gives the FIRST token holding a character; a character split into several byte
+    # tokens (byte-level BPE) is held by all of them, so walk on to the last one that overlaps.
+    while last + 1 < n:
+        chars = enc.token_to_chars(last + 1)
+        if chars is None or chars[0] >= end:
+            break
+        last += 1
+    return first, last + 1
+
+
+def mask_one(enc: Encoding, rendered: Rendered, opts: MaskOptions) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """ids, mask, and the token index just after each assistant turn (the truncation boundaries)."""
+    ids = np.asarray(enc.ids, dtype=np.int32)
+    n = len(ids)
+    mask = np.zeros(n, dtype=np.uint8)
+    for t in target_turns(rendered.turns, opts):
+        r = token_range(enc, t.start, t.end, n)
+        if r is not None:
+            mask[r[0] : r[1]] = 1
+    if n:
+        mask[0] = 0  # the first token of a segment is never a target
+    ends = []
+    for t in rendered.turns:
+        if t.role == "assistant":
+            r = token_range(enc, t.start, t.end, n)
+            ends.append(r[1] if r else 0)
+    return ids, mask, ends
+
+
+def encode_conversations(
+    conversations: Sequence[Messages], template: ChatTemplate, tok: Tokenizer, opts: MaskOptions,
+    batch_size: int = 4096,
+) -> Encoded:
+    """Render, tokenize (batched) and mask conversations; apply the overflow policy."""
+    out = Encoded()
+    limit = opts.max_seq_len
+    for b0 in range(0, len(conversations), batch_size):
+        rendered = [template.render(m) for m in conversations[b0 : b0 + batch_size]]
+        encs = tok.encode_batch([r.text for r in rendered], add_special_tokens=False)
+        for rend, enc in zip(rendered, encs, strict=True):
+            ids, mask, ends = mask_one(enc, rend, opts)
+            n, sup = len(ids), int(mask.sum())
+            out.full_tokens.append(n)
+            out.full_supervised.append(sup)
+            reason = detail = None
+            truncated = False
+            if limit is not None and n > limit:
+                fits = [e for e in ends if 0 < e <= limit]
+                if opts.overflow == "truncate" and fits:
+                    ids, mask, truncated = ids[: fits[-1]], mask[: fits[-1]], True
+                else:
+                    reason = TOO_LONG
+                    fix = (
+                        "not even its first assistant turn fits, so truncation cannot keep it"
+                        if opts.overflow == "truncate"
+                        else "set pack.overflow = 'truncate' to keep its first turns, or raise pack.max_seq_len"
+                    )
+                    detail = f"conversation is {n:,} tokens > pack.max_seq_len {limit:,}: {fix}"
+            if reason is None and not mask.any():
+                reason = NO_SUPERVISED
+                detail = (
+                    "no supervised token is left (truncation removed every trained assistant turn)"
+                    if truncated
+                    else "the template leaves no assistant token to train on"
+                )
+            if reason is not None:
+                ids, mask = ids[:0], mask[:0]
+            out.ids.append(ids)
+            out.masks.append(mask)
+            out.reasons.append(reason)
+            out.details.append(detail)
+            out.truncated.append(truncated)
+    return out
+
+
+class SelfCheckError(RuntimeError):
+    """Supervised tokens do not decode to the assistant turns, or a prompt character is supervised."""
+
+
+def _same_text(decoded: str, original: str) -> bool:
+    # SentencePiece-style decoders drop the space that starts a decoded piece; byte-level ones are exact.
+    return decoded == original or (original.startswith(" ") and decoded == original[1:])
+
+
+def check_conversation(
+    conversation_id: str, messages: Messages, ids: np.ndarray, mask: np.ndarray, template: ChatTemplate,
+    tok: Tokenizer, opts: MaskOptions,
+) -> None:
+    """Decode self-check of one written conversation; raises SelfCheckError naming it.
+
+    - the ids are the tokenization of the rendered text (a prefix, if truncated);
+    - each run of supervised tokens decodes exactly to the text its offsets cover, and that text is
+      target spans (assistant content + end-of-turn marker) plus, at most, template text at its
+      edges from straddling tokens, never a character of a non-target turn's content;
+    - every target span inside the written tokens is supervised in full; the first token is not.
+    """
+    rendered = template.render(messages)
+    enc = tok.encode(rendered.text, add_special_tokens=False)
+    n = len(ids)
+
+    def fail(why: str) -> None:
+        raise SelfCheckError(f"self-check failed for conversation {conversation_id}: {why}")
+
+    if list(enc.ids[:n]) != ids.tolist():
+        fail("the written ids are not the tokenization of the rendered conversation")
+    if n and mask[0]:
+        fail("the first token is a target")
+    offsets = enc.offsets[:n]
+    text = rendered.text
+    written_end = offsets[-1][1] if n else 0
+    targets = [t for t in target_turns(rendered.turns, opts) if t.end <= written_end]
+    is_target = np.zeros(len(text) + 1, dtype=bool)
+    for t in targets:
+        is_target[t.start : t.end] = True
+    forbidden = np.zeros(len(text) + 1, dtype=bool)
+    for t in rendered.turns:
+        if t not in targets:
+            forbidden[t.start : t.end] = True
+    covered = np.zeros(len(text) + 1, dtype=bool)
+    sup = np.flatnonzero(mask)
+    runs = np.split(sup, np.flatnonzero(np.diff(sup) != 1) + 1) if len(sup) else []
+    for run in runs:
+        a, b = int(run[0]), int(run[-1]) + 1
+        cs, ce = offsets[a][0], max(o[1] for o in offsets[a:b])
+        decoded = tok.decode(ids[a:b].tolist(), skip_special_tokens=False)
+        if not _same_text(decoded, text[cs:ce]):
+            fail(f"supervised tokens {a}..{b - 1} decode to {decoded!r}, but the text there is {text[cs:ce]!r}")
+        if not is_target[cs:ce].any():
+            fail(f"supervised tokens {a}..{b - 1} ({text[cs:ce]!r}) carry no assistant character")
+        if (forbidden[cs:ce] & ~is_target[cs:ce]).any():
+            fail(f"supervised tokens {a}..{b - 1} ({text[cs:ce]!r}) carry system/user (non-target) characters")
+        covered[cs:ce] = True
+    for t in targets:
+        if not covered[t.start : t.end].all():
+            fail(f"the {t.role} turn {text[t.start:t.end]!r} is not supervised in full")
+    contents = {m["content"] for m in messages if m["role"] == "assistant"}
+    for t in targets:
+        if t.role == "assistant" and not any(c in text[t.start : t.end] for c in contents):
+            fail(f"the supervised span {text[t.start:t.end]!r} holds no assistant content")
