@@ -1,0 +1,103 @@
+"""What the trainer reads from a run directory: the manifest, the shard lists, curated metadata.
+
+The manifest is read through `pipeline.manifest.read_manifest` when that module exists (it owns
+the format and checks); otherwise manifest.json is read here with a tolerant reading of its
+`shards` entry (a list of objects with a path, or a mapping name -> object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+class RunDirError(ValueError):
+    """A run directory the trainer cannot train on; the message says what is missing and how to make it."""
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest; a clear error for a run directory that is not complete."""
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise RunDirError(
+            f"{run_dir}: no manifest.json, so this run directory is incomplete (curation did not finish); "
+            "run `sftforge curate CONFIG` first, or point the trainer at a finished run directory"
+        )
+    try:
+        from pipeline.manifest import read_manifest as pipeline_read
+    except ImportError:
+        pipeline_read = None
+    if pipeline_read is not None:
+        manifest = pipeline_read(run_dir)
+        if hasattr(manifest, "model_dump"):
+            manifest = manifest.model_dump(mode="json")
+        return dict(manifest)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON ({e}); rebuild the run directory") from None
+
+
+def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    shards = manifest.get("shards")
+    if isinstance(shards, dict):
+        if all(isinstance(v, list) for v in shards.values()):  # {"train": [...], "val": [...]}
+            return [dict(e, split=e.get("split", k)) for k, v in shards.items() for e in v]
+        return [dict(v, path=v.get("path", k)) for k, v in shards.items()]
+    if isinstance(shards, list):
+        return [dict(e) if isinstance(e, dict) else {"path": e} for e in shards]
+    raise RunDirError("manifest.json has no 'shards' list; rebuild the run directory with `sftforge curate`")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_paths(run_dir: Path, manifest: dict[str, Any], *, verify: bool = True) -> dict[str, list[Path]]:
+    """{"train": [...], "val": [...]} from the manifest, each file checked to exist (and its sha256)."""
+    out: dict[str, list[Path]] = {"train": [], "val": []}
+    for e in _entries(manifest):
+        raw = e.get("path") or e.get("file") or e.get("name")
+        if not raw:
+            raise RunDirError(f"manifest.json: shard entry {e} has no path")
+        path = Path(raw)
+        if not path.is_absolute():
+            # "shards/train-00000.parquet" (relative to the run dir) or a bare file name in shards/
+            candidates = [run_dir / path, run_dir / "shards" / path]
+            path = next((c for c in candidates if c.is_file()), candidates[0])
+        split = e.get("split") or path.name.split("-", 1)[0]
+        if split not in out:
+            continue
+        if not path.is_file():
+            raise RunDirError(f"{path}: listed in manifest.json but missing; rebuild the run directory")
+        digest = e.get("sha256")
+        if verify and digest and _sha256(path) != digest:
+            raise RunDirError(f"{path}: sha256 differs from manifest.json (file changed since curation); rebuild")
+        out[split].append(path)
+    for split in out:
+        out[split].sort()
+    if not out["train"]:
+        raise RunDirError(f"{run_dir}: manifest.json lists no train shards; nothing to train on")
+    return out
+
+
+def conversation_meta(run_dir: Path) -> dict[str, tuple[str, str]]:
+    """conversation_id -> (source, tier) from curated/*.parquet; empty when there is no curated data."""
+    files = sorted((run_dir / "curated").glob("*.parquet"))
+    if not files:
+        return {}
+    df = (
+        pl.scan_parquet(files)
+        .select("conversation_id", "source", "tier")
+        .unique(subset="conversation_id", keep="first")
+        .collect()
+    )
+    return {c: (s, t) for c, s, t in df.iter_rows()}

@@ -1,0 +1,76 @@
+"""The SFT loss: cross-entropy on target tokens only, with the one label shift of the project.
+
+`loss_mask[t] = 1` means "token t is a target, predicted from tokens < t" (CONTRACTS.md). The shift
+happens here and nowhere else: the hidden state at t-1 predicts the token at t. Only target
+positions go through the output head, which for a small vocabulary-heavy model is most of the
+compute that padding-free packing leaves.
+
+Normalisation is by the target tokens of the whole optimizer step (every micro-batch of every
+rank), not a mean of per-micro-batch means: `step_scale` gives the factor each micro-batch's *sum*
+is multiplied by before backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Causal LMs whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling), so
+#: the head can be applied to the target positions alone.
+_HEAD_ONLY_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+class TargetLoss(nn.Module):
+    """Wraps a causal LM; forward returns the per-target-token cross-entropy (float32, unreduced).
+
+    Wrapping the whole computation in one module lets DistributedDataParallel see one forward.
+    Returns `(losses [N], batch_row [N], position [N])`, where position is the target token's index.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.head_only = getattr(getattr(lm, "config", None), "model_type", None) in _HEAD_ONLY_TYPES
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        loss_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # the shift: target t (mask[:, t], ids[:, t]) is predicted from the output at t-1
+        tmask = loss_mask[:, 1:]
+        rows, cols = tmask.nonzero(as_tuple=True)
+        targets = input_ids[:, 1:][rows, cols]
+        kw = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+        if self.head_only:
+            hidden = self.lm.get_decoder()(input_ids=input_ids, **kw).last_hidden_state
+            logits = self.lm.get_output_embeddings()(hidden[:, :-1][rows, cols])
+        else:
+            logits = self.lm(input_ids=input_ids, **kw).logits[:, :-1][rows, cols]
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        return losses, rows, cols + 1
+
+
+def step_scale(global_targets: int, world_size: int) -> float:
+    """Factor for a micro-batch's summed loss so the step's gradient is sum(loss) / all target tokens.
+
+    DDP averages gradients over ranks, hence the world_size back in the numerator.
+    """
+    return world_size / max(1, global_targets)
+
+
+def masked_loss_sum(
+    lm: nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Summed target-token cross-entropy of one batch and its number of targets (a reference helper)."""
+    if position_ids is None:
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    losses, _, _ = TargetLoss(lm)(input_ids, loss_mask, position_ids, attention_mask)
+    return losses.sum(), int(losses.numel())

@@ -1,0 +1,154 @@
+"""Model and tokenizer loading, device and attention choice, and saving a Hugging Face directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from schemas.config_train import ModelConfig, TrainConfig
+
+
+class ModelError(ValueError):
+    """A model or tokenizer the trainer cannot use; the message says what to fix."""
+
+
+def load_tokenizer(tok_dir: Path) -> PreTrainedTokenizerFast:
+    """The run's tokenizer (tokenizer.json + tokenizer_config.json with its chat_template).
+
+    Built directly from the two files rather than through AutoTokenizer so that a minimal
+    tokenizer_config.json (only the chat template and special tokens) is enough.
+    """
+    tok_file = tok_dir / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ModelError(f"{tok_file}: not found; the run directory's tokenizer/ must hold tokenizer.json")
+    conf_file = tok_dir / "tokenizer_config.json"
+    conf = json.loads(conf_file.read_text(encoding="utf-8")) if conf_file.is_file() else {}
+    template = conf.get("chat_template")
+    jinja = tok_dir / "chat_template.jinja"
+    if template is None and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    special = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = conf.get(key)
+        if isinstance(value, dict):  # AddedToken serialisation
+            value = value.get("content")
+        if value:
+            special[key] = value
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), chat_template=template, **special)
+    vocab = tok.get_vocab()
+    if tok.eos_token is None:
+        for cand in ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"):
+            if cand in vocab:
+                tok.eos_token = cand
+                break
+    if tok.pad_token is None:
+        for cand in ("<|pad|>", "<pad>"):
+            if cand in vocab:
+                tok.pad_token = cand
+                break
+        else:
+            if tok.eos_token is not None:
+                tok.pad_token = tok.eos_token
+    return tok
+
+
+def resolve_device(train: TrainConfig) -> torch.device:
+    """cpu, cuda, or (auto) cuda when available; a clear error when cuda is asked for and absent."""
+    if train.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("train.device = 'cuda' but no CUDA device is available; set train.device = 'auto' or 'cpu'")
+    if train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def resolve_attn(train: TrainConfig, device: torch.device) -> str:
+    """The attention implementation: flash (varlen, packing through position_ids) on CUDA if installed."""
+    want = train.attn_implementation
+    if want == "auto":
+        if device.type == "cuda":
+            try:
+                import flash_attn  # noqa: F401
+
+                return "flash_attention_2"
+            except ImportError:
+                return "sdpa"
+        return "sdpa"
+    if want == "flash_attention_2" and device.type != "cuda":
+        raise ModelError("train.attn_implementation = 'flash_attention_2' needs CUDA; use 'sdpa' on the CPU")
+    return want
+
+
+def build_model(
+    mcfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, *, max_seq_len: int, attn: str, seed: int
+) -> PreTrainedModel:
+    """The starting model: loaded from `model.path`, or a Llama built from the config and seeded init.
+
+    Embeddings are resized when the tokenizer has more tokens than the model (a trained tokenizer
+    with new special tokens); fp32 weights, the autocast dtype is chosen by the loop.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if mcfg.path is not None:
+        if not (Path(mcfg.path) / "config.json").is_file():
+            raise ModelError(f"model.path = {str(mcfg.path)!r}: no config.json there; give a local HF model directory")
+        model = AutoModelForCausalLM.from_pretrained(mcfg.path, dtype=torch.float32, attn_implementation=attn)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=mcfg.hidden_size,
+            intermediate_size=mcfg.intermediate_size or 3 * mcfg.hidden_size,
+            num_hidden_layers=mcfg.num_layers,
+            num_attention_heads=mcfg.num_heads,
+            num_key_value_heads=mcfg.num_kv_heads or mcfg.num_heads,
+            max_position_embeddings=mcfg.max_position_embeddings or max_seq_len,
+            rms_norm_eps=mcfg.rms_norm_eps,
+            rope_theta=mcfg.rope_theta,
+            tie_word_embeddings=mcfg.tie_word_embeddings,
+            initializer_range=mcfg.init_std,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+        )
+        config._attn_implementation = attn
+        model = LlamaForCausalLM(config)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_seq_len > limit:
+        raise ModelError(
+            f"shard rows are up to {max_seq_len} tokens but the model's max_position_embeddings is {limit}: "
+            "lower pack.max_seq_len or raise model.max_position_embeddings"
+        )
+    gen = model.generation_config
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.bos_token_id = tokenizer.bos_token_id
+    return model.float()
+
+
+def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> Path:
+    """Write a Hugging Face directory (config, safetensors weights, tokenizer with chat template) atomically.
+
+    Written next to the target and renamed into place, so a reader never sees half a model.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return out_dir
