@@ -1,0 +1,96 @@
+"""Content-derived cache keys for the stage tasks, and a check that a cached stage's outputs are intact.
+
+A stage's key hashes what determines its output: the bytes of its input files, the config sections
+it reads, the source code of the package that computes it, and the run directory it writes into.
+Prefect's default policy would hash the task's arguments (paths), which says nothing about whether
+the files behind them changed; and a persisted result alone does not prove the files it describes
+are still on disk, so the flow also checks a fingerprint of the outputs (`outputs_intact`) and
+refreshes the cache when they were deleted or rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import xxhash
+
+from pipeline.rundir import atomic_write_json
+
+_PROJECT = Path(__file__).resolve().parent.parent
+
+#: Files each stage writes, relative to the run directory ("{source}" for ingest). Used for the
+#: output fingerprint: a cache hit is only trusted while these are unchanged on disk.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "ingest": ("work/ingest/{source}/**/*", "quarantine/{source}.parquet", "ledger/ingest-{source}.parquet"),
+    "dedup": ("work/dedup/**/*", "ledger/dedup.parquet"),
+    "quality": ("work/quality/**/*", "ledger/quality.parquet"),
+    "mix": ("curated/**/*", "work/mix/**/*", "ledger/mix.parquet"),
+    "tokenize": ("tokenizer/**/*", "shards/**/*", "work/tokenize/**/*", "ledger/tokenize.parquet"),
+    "train": ("model/**/*", "train/**/*"),
+}
+
+
+def hash_files(paths: Iterable[str | Path]) -> str:
+    """Hash of the names' order and the bytes of the given files (a directory: every file below it)."""
+    h = xxhash.xxh3_128()
+    for p in paths:
+        p = Path(p)
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.name).encode() + b"\0")
+            try:
+                with open(f, "rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        h.update(chunk)
+            except FileNotFoundError:
+                h.update(b"<missing>")
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def code_version(*packages: str) -> str:
+    """Hash of the source of the given top-level packages: editing a stage invalidates its cache."""
+    return hash_files(sorted(f for pkg in packages for f in (_PROJECT / pkg).rglob("*.py")))[:16]
+
+
+def stage_key(stage: str, run_dir: str | Path, *parts: str) -> str:
+    """The cache key of one stage: stage name, resolved run directory and the content parts."""
+    h = xxhash.xxh3_128()
+    for piece in (stage, str(Path(run_dir).resolve()), *parts):
+        h.update(piece.encode() + b"\0")
+    return f"sftforge-{stage}-{h.hexdigest()}"
+
+
+def _output_files(run_dir: Path, stage: str, source: str | None) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for pattern in STAGE_OUTPUTS[stage]:
+        for f in run_dir.glob(pattern.format(source=source)):
+            if f.is_file() and not f.name.startswith("."):
+                st = f.stat()
+                out[str(f.relative_to(run_dir))] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _marker(run_dir: Path, stage: str, source: str | None) -> Path:
+    return run_dir / "work" / ".cache" / (f"{stage}-{source}.json" if source else f"{stage}.json")
+
+
+def record_outputs(run_dir: str | Path, stage: str, key: str, source: str | None = None) -> None:
+    """After a stage ran: remember its key and the size/mtime of every file it wrote."""
+    run_dir = Path(run_dir)
+    atomic_write_json(_marker(run_dir, stage, source), {"key": key, "files": _output_files(run_dir, stage, source)})
+
+
+def outputs_intact(run_dir: str | Path, stage: str, key: str, source: str | None = None) -> bool:
+    """True when the stage last ran here with this key and none of its files was removed or rewritten."""
+    run_dir = Path(run_dir)
+    try:
+        marker = json.loads(_marker(run_dir, stage, source).read_text())
+    except (OSError, ValueError):
+        return False
+    if marker.get("key") != key or not marker.get("files"):
+        return False
+    return marker["files"] == _output_files(run_dir, stage, source)
+

@@ -1,0 +1,196 @@
+"""`sftforge`: curate, train, run (both), report, serve. Runs locally with no server started by hand.
+
+User errors (a bad config, a missing file, a run directory that is not one) print one message and
+exit 2; a failed flow run prints what failed and exits 1; a rejected approval gate exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
+EXIT_GATE_REJECTED = 3
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, no traceback."""
+
+
+def _prefect_env() -> None:
+    """Settings Prefect reads at import: offline, and enough time for a cold ephemeral server."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _start_client() -> None:
+    """Create the one API client (starting the ephemeral server when no PREFECT_API_URL is set) before
+    any task thread does: two threads racing to create it start two servers, one of which outlives us."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.hello()
+
+
+def _config(path: str, overrides: list[str]) -> Any:
+    from schemas.config import load_config
+
+    cfg = load_config(path, overrides)
+    missing = [f"source {s.name!r}: {s.path} does not exist" for s in cfg.sources if not Path(s.path).exists()]
+    if cfg.tokenizer.path is not None and not Path(cfg.tokenizer.path).exists():
+        missing.append(f"tokenizer.path: {cfg.tokenizer.path} does not exist")
+    if missing:
+        raise UserError(f"{path}: " + "; ".join(missing))
+    if cfg.gate.enabled and cfg.gate.require_approval and not os.environ.get("PREFECT_API_URL"):
+        raise UserError(
+            f"{path}: gate.require_approval needs a Prefect server a person can reach: start one "
+            "(prefect server start), export PREFECT_API_URL=http://127.0.0.1:4200/api, and run again; "
+            "or set gate.require_approval = false to gate on thresholds only"
+        )
+    return cfg
+
+
+def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
+    _config(args.config, args.set)  # validate before any flow run exists: errors stay one clean line
+    _start_client()
+    from flows.curate import curate, curate_and_train
+
+    fn = curate_and_train if flow_name == "run" else curate
+    result = fn(config=args.config, overrides=args.set)
+    print()
+    print(f"run directory: {result['run_dir']}")
+    print(f"report: {result['report']}")
+    if flow_name == "run":
+        gate = result.get("gate") or {}
+        if result.get("trained"):
+            print(f"model: {result['model']}")
+        elif gate and not gate.get("approved"):
+            print(f"NOT TRAINED: the approval gate rejected the data ({gate['decided_by']}): {gate['reason']}")
+            return EXIT_GATE_REJECTED
+        else:
+            print("not trained: train.enabled = false")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report, summary_text
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if args.config:
+        from schemas.config import load_config
+
+        summary = build_report(run_dir, load_config(args.config, args.set))
+    else:
+        import json
+
+        path = run_dir / "report" / "report.json"
+        if not path.is_file():
+            raise UserError(
+                f"{run_dir}: no report/report.json; is this a run directory? Curate first "
+                "(sftforge curate CONFIG) or rebuild with: sftforge report RUN_DIR --config CONFIG"
+            )
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    print(summary_text(summary))
+    print(f"\nHTML report: {run_dir / 'report' / 'report.html'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from flows.launch import torchrun_command
+
+    target = Path(args.target)
+    config = args.config
+    if target.is_file():
+        config = str(target)
+    elif not target.is_dir():
+        raise UserError(f"{target}: neither a config file nor a run directory")
+    cfg = _config(config, args.set) if config else None
+    run_dir = Path(cfg.output_dir) if cfg is not None and target.is_file() else target
+    if not (run_dir / "manifest.json").is_file():
+        raise UserError(f"{run_dir}: no manifest.json, so no complete curated run: run sftforge curate CONFIG first")
+    nproc = int(getattr(cfg.train, "nproc", 1) or 1) if cfg is not None else 1
+    if nproc > 1 and config:
+        cmd = torchrun_command(run_dir, config, args.set, nproc)
+    else:
+        cmd = [sys.executable, "-m", "trainer", str(run_dir)] + (["--config", config] if config else [])
+        cmd += [x for o in args.set for x in ("--set", o)]
+    if args.resume:
+        cmd.append("--resume")
+    return subprocess.call(cmd)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError(
+            "serve needs a Prefect server: start one with `prefect server start` and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api (see README, Deployments)"
+        )
+    _config(args.config, args.set)
+    from flows.serve import serve_deployments
+
+    serve_deployments(config=args.config, overrides=args.set, cron=args.cron)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sftforge", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_set(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.max_steps=10 (repeatable)")
+
+    for name, help_ in (("curate", "curate the data only"), ("run", "curate and train (the curate-and-train flow)")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("config", help="the run config (TOML)")
+        with_set(sp)
+    sp = sub.add_parser("train", help="train on an existing curated run")
+    sp.add_argument("target", help="a config file, or a run directory")
+    sp.add_argument("--config", default=None, help="config to use with a run directory")
+    sp.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    with_set(sp)
+    sp = sub.add_parser("report", help="print the data-quality summary of a run directory")
+    sp.add_argument("run_dir")
+    sp.add_argument("--config", default=None, help="rebuild the report from the run directory with this config")
+    with_set(sp)
+    sp = sub.add_parser("serve", help="serve the deployments (needs a Prefect server)")
+    sp.add_argument("--config", default="configs/demo.toml")
+    sp.add_argument("--cron", default="0 3 * * *", help="schedule of the nightly deployment")
+    with_set(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _prefect_env()
+    from schemas.config import ConfigError
+
+    try:
+        if args.command in ("curate", "run"):
+            return _run_flow(args.command, args)
+        return {"report": _cmd_report, "train": _cmd_train, "serve": _cmd_serve}[args.command](args)
+    except (UserError, ConfigError) as e:
+        print(f"sftforge: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a failed flow run: say what failed, keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"sftforge: {args.command} failed: {type(e).__name__}: {e}\n(run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

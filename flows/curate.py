@@ -1,0 +1,296 @@
+"""The Prefect flows `curate` (data only) and `curate-and-train`: one task per pipeline stage.
+
+Tasks pass paths, never DataFrames. Every stage task is cached under a key built from content
+(flows.cache): a re-run skips unchanged stages, and a changed input, config section or stage code
+re-runs that stage and everything downstream (their inputs' bytes change). Stage modules are
+imported inside the tasks, so a stage that is missing fails with a clear ImportError in its own task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.context import TaskRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from flows.cache import code_version, hash_files, outputs_intact, record_outputs, stage_key
+from schemas.config import RunConfig, load_config
+from schemas.config_flow import RunnerConfig
+from schemas.config_sources import SourceConfig
+
+#: Retries for tasks that mostly read and write files: a flaky disk or NFS hiccup should not fail a run.
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2}
+
+
+def _key_param(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """The flow computes each stage's content key (flows.cache.stage_key) and passes it in."""
+    return parameters["key"]
+
+
+def _cached(name: str, retries: bool = True, **kw: Any) -> dict[str, Any]:
+    opts: dict[str, Any] = {"name": name, "cache_key_fn": _key_param, "persist_result": True, **kw}
+    if retries:
+        opts.update(IO_RETRIES)
+    return opts
+
+
+def _parts(stats: dict[str, Any], fallback: Path) -> list[Path]:
+    """The Parquet parts a stage wrote: from its stats, else whatever lies in its output directory."""
+    parts = stats.get("parts")
+    if parts:
+        return [Path(p) for p in parts]
+    return sorted(fallback.glob("*.parquet"))
+
+
+def _plain(stats: Any) -> Any:
+    """Stats with Paths as strings, so results persist and print as JSON."""
+    if isinstance(stats, dict):
+        return {str(k): _plain(v) for k, v in stats.items()}
+    if isinstance(stats, list | tuple):
+        return [_plain(v) for v in stats]
+    return str(stats) if isinstance(stats, Path) else stats
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(**_cached("ingest"), task_run_name="ingest-{source.name}")
+def ingest_task(source: SourceConfig, run_dir: str, key: str) -> dict[str, Any]:
+    """Read one source into canonical parts; its quarantine and ledger part."""
+    from pipeline.ingest import ingest_source
+
+    stats = _plain(ingest_source(source, Path(run_dir)))
+    record_outputs(run_dir, "ingest", key, source.name)
+    get_run_logger().info(
+        "%s: read %s, kept %s, quarantined %s", source.name, stats.get("read"), stats.get("kept"), stats.get("quarantined")
+    )
+    return stats
+
+
+@task(**_cached("dedup"))
+def dedup_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
+    """Exact and near-duplicate removal across all sources."""
+    from pipeline.dedup import run_dedup
+
+    stats = _plain(run_dedup([Path(p) for p in in_paths], Path(run_dir), cfg.dedup))
+    record_outputs(run_dir, "dedup", key)
+    return stats
+
+
+@task(**_cached("quality"))
+def quality_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
+    """Quality filters, language id, PII redaction, benchmark decontamination."""
+    from pipeline.quality import run_quality
+
+    stats = _plain(run_quality([Path(p) for p in in_paths], Path(run_dir), cfg.quality))
+    record_outputs(run_dir, "quality", key)
+    return stats
+
+
+@task(**_cached("mix"))
+def mix_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
+    """Mixture weights, caps and selection; writes curated/."""
+    from pipeline.mix import run_mix
+    from pipeline.shards import count_tokens
+
+    stats = _plain(run_mix([Path(p) for p in in_paths], Path(run_dir), cfg, count_tokens=count_tokens))
+    record_outputs(run_dir, "mix", key)
+    return stats
+
+
+@task(**_cached("tokenize"))
+def tokenize_task(run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
+    """Render with the chat template, tokenize, pack into train/val shards."""
+    from pipeline.shards import run_tokenize
+
+    stats = _plain(run_tokenize(Path(run_dir), cfg))
+    record_outputs(run_dir, "tokenize", key)
+    return stats
+
+
+@task(name="finalize-ledger")
+def finalize_task(run_dir: str, records_read: int) -> dict[str, int]:
+    """Kept rows, then the balance check: read == kept + quarantined + dropped, or the run fails."""
+    from pipeline.ledger import finalize_ledger
+
+    counts = finalize_ledger(run_dir, records_read)
+    get_run_logger().info("ledger balances: read %d = %s", records_read, counts)
+    return counts
+
+
+@task(name="write-manifest", **IO_RETRIES)
+def manifest_task(run_dir: str, cfg: RunConfig, counts: dict[str, int]) -> str:
+    """manifest.json, last and atomically: the run directory is complete."""
+    from pipeline.manifest import write_manifest
+
+    return str(write_manifest(Path(run_dir), cfg, counts))
+
+
+@task(name="build-report", **IO_RETRIES)
+def report_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
+    """report/report.json + report/report.html, and the same summary as artifacts on the flow run."""
+    from flows.artifacts import publish_report
+    from pipeline.report import build_report
+
+    summary = build_report(Path(run_dir), cfg)
+    publish_report(summary)
+    return summary
+
+
+@task(**_cached("train", retries=False))
+def train_task(run_dir: str, cfg: RunConfig, config_path: str, overrides: list[str], key: str) -> dict[str, Any]:
+    """Train on the shards: in this process, or under torchrun when train.nproc > 1."""
+    logger = get_run_logger()
+    nproc = int(getattr(cfg.train, "nproc", 1) or 1)
+    if nproc > 1:
+        from flows.launch import stream_subprocess, torchrun_command
+
+        cmd = torchrun_command(Path(run_dir), config_path, overrides, nproc)
+        logger.info("launching %s", " ".join(cmd))
+        stream_subprocess(cmd, logger.info)
+        result: dict[str, Any] = {"nproc": nproc, "model": str(Path(run_dir) / "model")}
+    else:
+        from trainer.fit import train
+
+        result = _plain(train(Path(run_dir), cfg, log=logger.info))
+    record_outputs(run_dir, "train", key)
+    return result
+
+
+@task(name="before-after")
+def compare_task(run_dir: str, cfg: RunConfig) -> dict[str, Any] | None:
+    """The model's answers before and after training, side by side (report/before_after.json)."""
+    try:
+        from pipeline.before_after import compare
+    except ImportError:
+        get_run_logger().warning("pipeline.before_after is not available: no before/after section")
+        return None
+    return _plain(compare(Path(run_dir), cfg))
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def make_task_runner(rc: RunnerConfig) -> TaskRunner:
+    """The runner for the mapped tasks: a thread pool, or Dask (a local cluster or a scheduler address)."""
+    if rc.kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as e:  # pragma: no cover - prefect-dask is a dependency
+            raise RuntimeError("runner.kind = 'dask' needs prefect-dask: pip install prefect-dask") from e
+        if rc.address:
+            return DaskTaskRunner(address=rc.address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": rc.n_workers,
+                "threads_per_worker": rc.threads_per_worker,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    return ThreadPoolTaskRunner(max_workers=rc.max_workers)
+
+
+def _run_stage(task_fn: Any, stage: str, run_dir: Path, key: str, source: str | None = None, **params: Any) -> Any:
+    """Call a cached stage task; refresh its cache when its outputs on disk are not the ones it recorded."""
+    fresh = not outputs_intact(run_dir, stage, key, source)
+    return task_fn.with_options(refresh_cache=fresh)(run_dir=str(run_dir), key=key, **params)
+
+
+def curate_run(cfg: RunConfig) -> dict[str, Any]:
+    """Every curation stage, in order, inside the calling flow. Returns stage stats and counts."""
+    logger = get_run_logger()
+    run_dir = Path(cfg.output_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    code = code_version("pipeline", "schemas")
+
+    # 1. ingest: one task per source, in parallel on the configured runner.
+    keys = {
+        s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(), code) for s in cfg.sources
+    }
+    with make_task_runner(cfg.runner) as runner:
+        futures = []
+        for s in cfg.sources:
+            fresh = not outputs_intact(run_dir, "ingest", keys[s.name], s.name)
+            params = {"source": s, "run_dir": str(run_dir), "key": keys[s.name]}
+            futures.append(runner.submit(ingest_task.with_options(refresh_cache=fresh), params))
+        ingest = [f.result() for f in futures]
+    records_read = sum(int(s["read"]) for s in ingest)
+    parts = [str(p) for s in ingest for p in _parts(s, run_dir / "work" / "ingest" / s["source"])]
+
+    # 2-4. dedup, quality, mix: each keyed by the bytes of its input parts and its config sections.
+    stats: dict[str, Any] = {"ingest": ingest}
+    for stage, task_fn, sections in (
+        ("dedup", dedup_task, ("dedup",)),
+        ("quality", quality_task, ("quality",)),
+        ("mix", mix_task, ("mix", "select", "seed", "template", "tokenizer", "pack")),
+    ):
+        key = stage_key(stage, run_dir, hash_files(parts), cfg.section_hash(*sections), code)
+        stats[stage] = _run_stage(task_fn, stage, run_dir, key, in_paths=parts, cfg=cfg)
+        out_dir = run_dir / "curated" if stage == "mix" else run_dir / "work" / stage
+        parts = [str(p) for p in _parts(stats[stage], out_dir)]
+        logger.info("%s: %d part(s) out", stage, len(parts))
+
+    # 5. tokenize: keyed by curated/, the template/tokenizer/pack sections and a given tokenizer's bytes.
+    tok_parts = [hash_files(sorted((run_dir / "curated").glob("*.parquet")))]
+    if cfg.tokenizer.path is not None:
+        tok_parts.append(hash_files([cfg.tokenizer.path]))
+    key = stage_key("tokenize", run_dir, *tok_parts, cfg.section_hash("template", "tokenizer", "pack", "seed"), code)
+    stats["tokenize"] = _run_stage(tokenize_task, "tokenize", run_dir, key, cfg=cfg)
+
+    # 6-8. the ledger must balance before anything is published; then the manifest, then the report.
+    counts = finalize_task(str(run_dir), records_read)
+    manifest = manifest_task(str(run_dir), cfg, counts)
+    summary = report_task(str(run_dir), cfg)
+    return {"run_dir": str(run_dir), "records_read": records_read, "counts": counts, "manifest": manifest,
+            "report": str(run_dir / "report" / "report.html"), "stats": stats, "summary": summary}
+
+
+def _load(config: str, overrides: list[str] | None) -> RunConfig:
+    return load_config(config, list(overrides or []))
+
+
+@flow(name="curate", log_prints=True)
+def curate(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Curate the sources of a config into a run directory (no training)."""
+    cfg = _load(config, overrides)
+    result = curate_run(cfg)
+    result.pop("summary", None)
+    return result
+
+
+@flow(name="curate-and-train", log_prints=True)
+def curate_and_train(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Curate, check the gate, train, compare before/after, and rebuild the report with the loss curves."""
+    from flows.gate import run_gate
+
+    logger = get_run_logger()
+    overrides = list(overrides or [])
+    cfg = _load(config, overrides)
+    result = curate_run(cfg)
+    summary = result.pop("summary")
+    run_dir = Path(result["run_dir"])
+
+    decision = run_gate(summary, cfg.gate)
+    result["gate"] = decision.as_dict()
+    if not decision.approved:
+        logger.warning("not training: %s", decision.reason)
+        result["trained"] = False
+        return result
+    if not getattr(cfg.train, "enabled", True):
+        logger.info("train.enabled = false: curated data only")
+        result["trained"] = False
+        return result
+
+    manifest_hash = hash_files([run_dir / "manifest.json"])
+    key = stage_key("train", run_dir, manifest_hash, cfg.section_hash("model", "train", "seed"), code_version("trainer"))
+    result["train"] = _run_stage(
+        train_task, "train", run_dir, key, cfg=cfg, config_path=str(config), overrides=overrides
+    )
+    result["trained"] = True
+    result["model"] = str(run_dir / "model")
+    result["before_after"] = compare_task(str(run_dir), cfg) is not None
+    report_task(str(run_dir), cfg)
+    return result

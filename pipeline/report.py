@@ -1,0 +1,465 @@
+"""The data-quality report: what happened to every record, read off the run directory.
+
+The ledger is the source of truth for the funnel and the reason codes (every record has one row),
+so the counts always reconcile. The stages' `work/<stage>/stats.json` files add what only they know
+(contamination per benchmark, PII redactions, truncation, the mixture), and are read defensively: a
+stage may be disabled, absent or older. Writes `report/report.json` and a self-contained
+`report/report.html` (inline SVG, no network).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.ledger import read_ledger
+from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from schemas.config import RunConfig
+
+SCHEMA_VERSION = 1
+#: Funnel columns in order: where records leave, by the stage that decided it.
+FUNNEL_STEPS = ("read", "quarantined", "ingest_dropped", "duplicates", "filtered", "mixed_out", "tokenize_dropped", "kept")
+_STEP_OF_STAGE = {"ingest": "ingest_dropped", "dedup": "duplicates", "quality": "filtered", "mix": "mixed_out",
+                  "tokenize": "tokenize_dropped"}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line being written while we read
+                if isinstance(row, dict):
+                    rows.append(row)
+    except OSError:
+        pass
+    return rows
+
+
+def _find(obj: Any, *words: str) -> Any:
+    """The first value (depth-first) whose key contains one of `words`: stats formats vary by stage."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if any(w in str(k).lower() for w in words):
+                return v
+        for v in obj.values():
+            found = _find(v, *words)
+            if found is not None:
+                return found
+    return None
+
+
+def _int_map(obj: Any) -> dict[str, int]:
+    """{name: count} from a dict of numbers (or of dicts holding a count), else {}."""
+    if not isinstance(obj, dict):
+        return {}
+    out: dict[str, int] = {}
+    for k, v in obj.items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int | float):
+            out[str(k)] = int(v)
+        elif isinstance(v, dict):
+            n = next((v[c] for c in ("count", "hits", "n", "total") if isinstance(v.get(c), int | float)), None)
+            if n is not None:
+                out[str(k)] = int(n)
+    return out
+
+
+def histogram(values: list[float] | pl.Series, bins: int) -> dict[str, Any]:
+    """Equal-width histogram: {edges: [bins+1], counts: [bins], n, min, max, mean, p50, p95}."""
+    s = pl.Series(values, dtype=pl.Float64).drop_nulls() if not isinstance(values, pl.Series) else values.cast(pl.Float64).drop_nulls()
+    if s.len() == 0:
+        return {"edges": [], "counts": [], "n": 0}
+    lo, hi = float(s.min()), float(s.max())
+    width = (hi - lo) / bins if hi > lo else 1.0
+    idx = ((s - lo) / width).floor().clip(0, bins - 1).cast(pl.Int64)
+    counts = [0] * bins
+    for i, n in idx.value_counts().iter_rows():
+        counts[int(i)] = int(n)
+    return {
+        "edges": [lo + i * width for i in range(bins + 1)],
+        "counts": counts,
+        "n": int(s.len()),
+        "min": lo,
+        "max": hi,
+        "mean": float(s.mean()),
+        "p50": float(s.quantile(0.5)),
+        "p95": float(s.quantile(0.95)),
+    }
+
+
+# --------------------------------------------------------------------------- ledger-based sections
+
+
+def funnel(ledger: pl.DataFrame) -> list[dict[str, Any]]:
+    """One row per source and tier: read, where records left, and kept."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for source, tier, stage, outcome, n in (
+        ledger.group_by("source", "tier", "stage", "outcome").len().sort("source", "tier").iter_rows()
+    ):
+        row = rows.setdefault((source, tier), {"source": source, "tier": tier, **{s: 0 for s in FUNNEL_STEPS}})
+        row["read"] += n
+        if outcome == "kept":
+            row["kept"] += n
+        elif outcome == "quarantined":
+            row["quarantined"] += n
+        else:
+            row[_STEP_OF_STAGE.get(stage, "filtered")] += n
+    return sorted(rows.values(), key=lambda r: (r["tier"], r["source"]))
+
+
+def _sum_rows(rows: list[dict[str, Any]], by: str | None) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        name = r[by] if by else "all"
+        acc = out.setdefault(name, {(by or "total"): name, **{s: 0 for s in FUNNEL_STEPS}})
+        for s in FUNNEL_STEPS:
+            acc[s] += r[s]
+    return list(out.values())
+
+
+def _texts_by(run_dir: Path, column: str, values: list[str], chars: int) -> dict[str, str]:
+    """Conversation text (role: content lines) for some origins/ids, looked up in the ingest output."""
+    files = sorted((run_dir / "work" / "ingest").rglob("*.parquet")) or sorted((run_dir / "curated").glob("*.parquet"))
+    if not files or not values:
+        return {}
+    try:
+        df = (
+            pl.scan_parquet(files)
+            .select(column, "messages")
+            .filter(pl.col(column).is_in(values))
+            .unique(column, keep="first")
+            .collect()
+        )
+    except Exception:  # noqa: BLE001 - a report must render even when an intermediate is odd
+        return {}
+    out: dict[str, str] = {}
+    for key, messages in df.iter_rows():
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages or [])
+        out[key] = text[:chars] + ("…" if len(text) > chars else "")
+    return out
+
+
+def _quarantine_texts(run_dir: Path, origins: list[str], chars: int) -> dict[str, str]:
+    files = sorted((run_dir / "quarantine").glob("*.parquet"))
+    if not files or not origins:
+        return {}
+    out: dict[str, str] = {}
+    for f in files:
+        try:
+            df = pl.read_parquet(f)
+        except Exception:  # noqa: BLE001
+            continue
+        if "origin" not in df.columns:
+            continue
+        text_col = next((c for c in ("raw", "raw_text", "text", "record", "line") if c in df.columns), None)
+        err_col = next((c for c in ("errors", "error", "detail") if c in df.columns), None)
+        for row in df.filter(pl.col("origin").is_in(origins)).iter_rows(named=True):
+            raw = str(row.get(text_col) or "") if text_col else ""
+            err = row.get(err_col) if err_col else None
+            err_s = "; ".join(map(str, err)) if isinstance(err, list) else (str(err) if err else "")
+            text = (raw[:chars] + ("…" if len(raw) > chars else "")) if raw else ""
+            out[row["origin"]] = f"{text}\n[errors: {err_s}]" if err_s else text
+    return out
+
+
+def reasons(ledger: pl.DataFrame, run_dir: Path, n_examples: int, chars: int) -> list[dict[str, Any]]:
+    """Every reason code with its count and a few examples (origin, detail, the record's text)."""
+    dropped = ledger.filter(pl.col("outcome") != "kept")
+    if dropped.height == 0:
+        return []
+    table = dropped.group_by("stage", "outcome", "reason").len("count").sort("count", descending=True)
+    examples = (
+        dropped.sort("origin").group_by("stage", "outcome", "reason", maintain_order=True).head(n_examples)
+        if n_examples
+        else dropped.clear()
+    )
+    q_texts = _quarantine_texts(run_dir, examples.filter(pl.col("outcome") == "quarantined")["origin"].to_list(), chars)
+    d_texts = _texts_by(run_dir, "origin", examples.filter(pl.col("outcome") == "dropped")["origin"].to_list(), chars)
+    out = []
+    for stage, outcome, reason, count in table.iter_rows():
+        ex = examples.filter(
+            (pl.col("stage") == stage) & (pl.col("outcome") == outcome) & (pl.col("reason").eq_missing(reason))
+        )
+        out.append({
+            "reason": reason or f"{stage}.(no code)",
+            "stage": stage,
+            "outcome": outcome,
+            "count": int(count),
+            "examples": [
+                {"origin": r["origin"], "detail": r["detail"], "text": q_texts.get(r["origin"]) or d_texts.get(r["origin"], "")}
+                for r in ex.iter_rows(named=True)
+            ],
+        })
+    return out
+
+
+def duplicate_clusters(ledger: pl.DataFrame, run_dir: Path, limit: int, chars: int) -> dict[str, Any]:
+    """Dedup drops grouped by the conversation kept in their place, largest clusters first."""
+    dups = ledger.filter((pl.col("stage") == "dedup") & pl.col("dup_of").is_not_null())
+    if dups.height == 0:
+        return {"clusters": 0, "duplicates": int(ledger.filter(pl.col("stage") == "dedup").height), "largest": []}
+    grouped = (
+        dups.group_by("dup_of")
+        .agg(pl.len().alias("dropped"), pl.col("reason").unique().sort(), pl.col("origin").sort().head(5),
+             pl.col("source").unique().sort())
+        .sort(["dropped", "dup_of"], descending=[True, False])
+    )
+    top = grouped.head(limit)
+    texts = _texts_by(run_dir, "conversation_id", top["dup_of"].to_list(), chars)
+    kept_origin = dict(
+        ledger.filter(pl.col("conversation_id").is_in(top["dup_of"].to_list()) & (pl.col("stage") != "dedup"))
+        .select("conversation_id", "origin").unique("conversation_id", keep="first").iter_rows()
+    )
+    return {
+        "clusters": grouped.height,
+        "duplicates": int(dups.height),
+        "largest": [
+            {"kept": cid, "kept_origin": kept_origin.get(cid), "dropped": int(n), "reasons": list(rs),
+             "dropped_origins": list(origins), "sources": list(srcs), "text": texts.get(cid, "")}
+            for cid, n, rs, origins, srcs in top.iter_rows()
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- data-based sections
+
+
+def curated_profile(run_dir: Path, bins: int) -> dict[str, Any]:
+    """Language mix, characters and turns per kept conversation, from curated/."""
+    files = sorted((run_dir / "curated").glob("*.parquet"))
+    if not files:
+        return {}
+    lf = pl.scan_parquet(files)
+    cols = lf.collect_schema().names()
+    exprs = [
+        pl.col("messages").list.eval(pl.element().struct.field("content").str.len_chars()).list.sum().alias("chars"),
+        pl.col("messages").list.len().alias("turns"),
+    ]
+    if "repeat" in cols:
+        exprs.append(pl.col("repeat"))
+    if "lang" in cols:
+        exprs.append(pl.col("lang"))
+    df = lf.select(exprs).collect()
+    out: dict[str, Any] = {
+        "conversations": df.height,
+        "chars": histogram(df["chars"], bins),
+        "turns": histogram(df["turns"], min(bins, max(int(df["turns"].max() or 1), 2))),
+    }
+    if "repeat" in df.columns:
+        out["training_copies"] = int(df["repeat"].sum())
+    if "lang" in df.columns:
+        out["languages"] = {str(k): int(v) for k, v in df["lang"].fill_null("unknown").value_counts(sort=True).iter_rows()}
+    return out
+
+
+def shard_profile(run_dir: Path, max_seq_len: int, bins: int) -> dict[str, Any]:
+    """Tokens per conversation, supervised share and packing efficiency, measured on the shards."""
+    out: dict[str, Any] = {}
+    for split in ("train", "val"):
+        files = sorted((run_dir / "shards").glob(f"{split}-*.parquet"))
+        if not files:
+            continue
+        lf = pl.scan_parquet(files)
+        cols = lf.collect_schema().names()
+        if "input_ids" not in cols:
+            continue
+        agg = lf.select(
+            pl.len().alias("rows"),
+            pl.col("input_ids").list.len().sum().alias("tokens"),
+            (pl.col("loss_mask").list.sum().sum() if "loss_mask" in cols else pl.lit(None)).alias("supervised"),
+        ).collect().row(0, named=True)
+        seg = lf.select(pl.col("seq_lens").explode()).collect().to_series() if "seq_lens" in cols else pl.Series([], dtype=pl.Int64)
+        rows, tokens = int(agg["rows"]), int(agg["tokens"] or 0)
+        sup = agg["supervised"]
+        out[split] = {
+            "rows": rows,
+            "segments": int(seg.len()),
+            "tokens": tokens,
+            "supervised_tokens": int(sup) if sup is not None else None,
+            "supervised_share": (int(sup) / tokens) if sup is not None and tokens else None,
+            "packing_efficiency": tokens / (rows * max_seq_len) if rows else None,
+            "tokens_per_conversation": histogram(seg, bins),
+        }
+    return out
+
+
+def training_section(run_dir: Path) -> dict[str, Any]:
+    """Loss curves (train/metrics.jsonl) and the evaluation before/after (train/eval.json)."""
+    rows = _read_jsonl(run_dir / "train" / "metrics.jsonl")
+    curves: dict[str, list[list[float]]] = {}
+    for i, r in enumerate(rows):
+        x = r.get("step", i)
+        for k, v in r.items():
+            if "loss" in k and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                curves.setdefault(k, []).append([float(x), float(v)])
+    out: dict[str, Any] = {}
+    if curves:
+        out["curves"] = curves
+        out["steps"] = len(rows)
+    ev = _read_json(run_dir / "train" / "eval.json")
+    if ev is not None:
+        out["eval"] = ev
+    if (run_dir / "model").is_dir():
+        out["model"] = str(run_dir / "model")
+    return out
+
+
+def stage_stats(run_dir: Path) -> dict[str, Any]:
+    """Every stage's own stats.json, as written (nothing the stages measured is left out)."""
+    work = run_dir / "work"
+    stats = {}
+    for p in sorted(work.glob("*/stats.json")) if work.is_dir() else []:
+        data = _read_json(p)
+        if data is not None:
+            stats[p.parent.name] = data
+    for p in sorted((work / "ingest").glob("*/stats.json")) if (work / "ingest").is_dir() else []:
+        data = _read_json(p)
+        if data is not None:
+            stats.setdefault("ingest", {})[p.parent.name] = data
+    return stats
+
+
+def summarize(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
+    """The report as a dict (what report.json holds)."""
+    run_dir = Path(run_dir)
+    rc = cfg.report
+    ledger = read_ledger(run_dir)
+    rows = funnel(ledger)
+    totals = _sum_rows(rows, None)[0] if rows else {"total": "all", **{s: 0 for s in FUNNEL_STEPS}}
+    totals["dropped"] = sum(totals[s] for s in FUNNEL_STEPS if s not in ("read", "quarantined", "kept"))
+    stats = stage_stats(run_dir)
+    quality = stats.get("quality") or {}
+    tokenize = stats.get("tokenize") or {}
+    contamination = _int_map(_find(quality, "contamination", "benchmark"))
+    if not contamination:
+        n = ledger.filter(pl.col("reason").str.contains("contamina")).height if ledger.height else 0
+        contamination = {"all benchmarks": n} if n else {}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "totals": totals,
+        "funnel": rows,
+        "funnel_by_tier": _sum_rows(rows, "tier"),
+        "reasons": reasons(ledger, run_dir, rc.examples_per_reason, rc.example_chars),
+        "duplicates": duplicate_clusters(ledger, run_dir, rc.duplicate_clusters, rc.example_chars),
+        "contamination": contamination,
+        "pii_redactions": _int_map(_find(quality, "redact", "pii")),
+        "languages_in": _int_map(_find(quality, "lang")),
+        "curated": curated_profile(run_dir, rc.histogram_bins),
+        "shards": shard_profile(run_dir, cfg.pack.max_seq_len, rc.histogram_bins),
+        "truncation": _find(tokenize, "trunc"),
+        "mix": stats.get("mix"),
+        "manifest": _read_json(run_dir / "manifest.json"),
+        "training": training_section(run_dir),
+        "before_after": _read_json(run_dir / "report" / "before_after.json"),
+        "stage_stats": stats,
+    }
+
+
+def build_report(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
+    """Write report/report.json and the self-contained report/report.html; return the summary."""
+    from pipeline.report_html import render_html
+
+    run_dir = Path(run_dir)
+    summary = summarize(run_dir, cfg)
+    rd = RunDir.of(run_dir)
+    atomic_write_json(rd.report / "report.json", summary)
+    atomic_write_bytes(rd.report / "report.html", render_html(summary).encode("utf-8"))
+    return summary
+
+
+# --------------------------------------------------------------------------- text forms
+
+
+def _pct(n: int, d: int) -> str:
+    return f"{n / d:.1%}" if d else "-"
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The summary for a terminal: totals, the funnel per source, top reasons, data profile."""
+    t = summary["totals"]
+    lines = [
+        f"Run {summary['name']}  ({summary['run_dir']})",
+        f"  read {t['read']}  kept {t['kept']} ({_pct(t['kept'], t['read'])})  quarantined {t['quarantined']}  "
+        f"dropped {t['dropped']}",
+        "",
+        "  " + f"{'source':<18}{'tier':<14}" + "".join(f"{s[:10]:>11}" for s in FUNNEL_STEPS),
+    ]
+    for r in summary["funnel"]:
+        lines.append("  " + f"{r['source'][:17]:<18}{r['tier']:<14}" + "".join(f"{r[s]:>11}" for s in FUNNEL_STEPS))
+    if summary["reasons"]:
+        lines += ["", "  reasons:"]
+        lines += [f"    {r['count']:>8}  {r['reason']}  ({r['outcome']} at {r['stage']})" for r in summary["reasons"]]
+    sh = (summary.get("shards") or {}).get("train") or {}
+    if sh:
+        share = sh.get("supervised_share")
+        eff = sh.get("packing_efficiency")
+        lines += ["", f"  train shards: {sh['rows']} rows, {sh['tokens']} tokens"
+                      + (f", supervised {share:.1%}" if share is not None else "")
+                      + (f", packing efficiency {eff:.1%}" if eff is not None else "")]
+    if summary.get("contamination"):
+        lines.append("  contamination hits: " + ", ".join(f"{k} {v}" for k, v in summary["contamination"].items()))
+    if summary.get("pii_redactions"):
+        lines.append("  PII redactions: " + ", ".join(f"{k} {v}" for k, v in summary["pii_redactions"].items()))
+    langs = (summary.get("curated") or {}).get("languages")
+    if langs:
+        lines.append("  languages kept: " + ", ".join(f"{k} {v}" for k, v in list(langs.items())[:8]))
+    curves = (summary.get("training") or {}).get("curves") or {}
+    for name, pts in curves.items():
+        lines.append(f"  {name}: {pts[0][1]:.4f} at step {pts[0][0]:g} -> {pts[-1][1]:.4f} at step {pts[-1][0]:g}")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as Markdown, for the Prefect UI (a markdown artifact)."""
+    t = summary["totals"]
+    md = [
+        f"# Data-quality report: {summary['name']}",
+        "",
+        f"**{t['read']}** records read, **{t['kept']}** kept ({_pct(t['kept'], t['read'])}), "
+        f"**{t['quarantined']}** quarantined, **{t['dropped']}** dropped.",
+        "",
+        "## Funnel per source",
+        "",
+        "| source | tier | " + " | ".join(FUNNEL_STEPS) + " |",
+        "|---|---|" + "---:|" * len(FUNNEL_STEPS),
+    ]
+    md += [f"| {r['source']} | {r['tier']} | " + " | ".join(str(r[s]) for s in FUNNEL_STEPS) + " |" for r in summary["funnel"]]
+    if summary["reasons"]:
+        md += ["", "## Reasons", "", "| reason | stage | outcome | count |", "|---|---|---|---:|"]
+        md += [f"| `{r['reason']}` | {r['stage']} | {r['outcome']} | {r['count']} |" for r in summary["reasons"]]
+    sh = (summary.get("shards") or {}).get("train") or {}
+    if sh:
+        md += ["", "## Shards", "", f"- train rows {sh['rows']}, tokens {sh['tokens']}"]
+        if sh.get("supervised_share") is not None:
+            md.append(f"- supervised token share {sh['supervised_share']:.1%}")
+        if sh.get("packing_efficiency") is not None:
+            md.append(f"- packing efficiency {sh['packing_efficiency']:.1%}")
+    for title, key in (("Contamination hits", "contamination"), ("PII redactions", "pii_redactions")):
+        if summary.get(key):
+            md += ["", f"## {title}", ""] + [f"- {k}: {v}" for k, v in summary[key].items()]
+    curves = (summary.get("training") or {}).get("curves") or {}
+    if curves:
+        md += ["", "## Training", ""]
+        md += [f"- {n}: {p[0][1]:.4f} → {p[-1][1]:.4f} over {len(p)} points" for n, p in curves.items()]
+    md += ["", f"Full report: `{summary['run_dir']}/report/report.html`"]
+    return "\n".join(md)

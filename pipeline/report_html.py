@@ -1,0 +1,241 @@
+"""Render the report summary as one self-contained HTML page: inline CSS and SVG, no scripts, no network."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+from pipeline.report import FUNNEL_STEPS
+
+_COLORS = {
+    "kept": "#2e7d32", "quarantined": "#c62828", "ingest_dropped": "#8d6e63", "duplicates": "#f9a825",
+    "filtered": "#ef6c00", "mixed_out": "#6a1b9a", "tokenize_dropped": "#1565c0",
+}
+_PALETTE = ["#1565c0", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#8d6e63", "#ad1457"]
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.6rem 0}td,th{border:1px solid #ddd;padding:.25rem .55rem;vertical-align:top}
+th{background:#f5f5f5;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem;min-width:8rem}
+.card b{display:block;font-size:1.4rem}pre{background:#f7f7f7;padding:.5rem;white-space:pre-wrap;word-break:break-word;max-height:22rem;overflow:auto}
+.muted{color:#777}svg text{font:11px system-ui,sans-serif}.legend span{display:inline-block;margin-right:1rem}
+.sw{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return escape(str(v))
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+    if not rows:
+        return '<p class="muted">none</p>'
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="n">{_fmt(r.get(c))}</td>' if isinstance(r.get(c), int | float) else f"<td>{_fmt(r.get(c, ''))}</td>"
+            for c in cols
+        ) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def bar_chart(data: dict[str, float], width: int = 640, color: str = "#1565c0") -> str:
+    """Horizontal bars, one per key, labelled with the value."""
+    if not data:
+        return '<p class="muted">none</p>'
+    label_w, row_h = 190, 20
+    top = max(max(data.values()), 1)
+    h = row_h * len(data) + 6
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img">']
+    for i, (k, v) in enumerate(data.items()):
+        y = i * row_h + 3
+        w = (width - label_w - 70) * v / top
+        parts.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{escape(str(k)[:30])}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{row_h - 5}" fill="{color}"/>')
+        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 13}">{_fmt(v)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def stacked_funnel(rows: list[dict[str, Any]], width: int = 760) -> str:
+    """One bar per source: where its records went, in funnel order, as shares of what it read."""
+    if not rows:
+        return ""
+    label_w, row_h = 190, 24
+    steps = [s for s in FUNNEL_STEPS if s != "read"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{row_h * len(rows) + 6}" role="img">']
+    for i, r in enumerate(rows):
+        y, x = i * row_h + 3, float(label_w)
+        parts.append(f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{escape(r["source"][:28])}</text>')
+        for s in reversed(steps):  # kept first, on the left
+            if not r["read"] or not r[s]:
+                continue
+            w = (width - label_w - 10) * r[s] / r["read"]
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" fill="{_COLORS[s]}">'
+                f"<title>{escape(s)}: {r[s]}</title></rect>"
+            )
+            x += w
+    parts.append("</svg>")
+    legend = "".join(f'<span><i class="sw" style="background:{_COLORS[s]}"></i>{s}</span>' for s in reversed(steps))
+    return "".join(parts) + f'<div class="legend">{legend}</div>'
+
+
+def histogram_svg(hist: dict[str, Any], xlabel: str, width: int = 520, height: int = 170) -> str:
+    """Vertical bars of an equal-width histogram with its range and median."""
+    counts = hist.get("counts") or []
+    if not counts:
+        return '<p class="muted">no data</p>'
+    pad_l, pad_b = 40, 30
+    top = max(max(counts), 1)
+    bw = (width - pad_l - 10) / len(counts)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    for i, c in enumerate(counts):
+        h = (height - pad_b - 10) * c / top
+        lo, hi = hist["edges"][i], hist["edges"][i + 1]
+        parts.append(
+            f'<rect x="{pad_l + i * bw:.1f}" y="{height - pad_b - h:.1f}" width="{max(bw - 1, 1):.1f}" '
+            f'height="{h:.1f}" fill="#1565c0"><title>{lo:.0f}–{hi:.0f}: {c}</title></rect>'
+        )
+    parts.append(f'<text x="{pad_l}" y="{height - 14}">{hist["min"]:.0f}</text>')
+    parts.append(f'<text x="{width - 10}" y="{height - 14}" text-anchor="end">{hist["max"]:.0f}</text>')
+    parts.append(f'<text x="{(width + pad_l) / 2}" y="{height - 2}" text-anchor="middle">{escape(xlabel)}</text>')
+    parts.append(f'<text x="{pad_l - 4}" y="14" text-anchor="end">{top}</text>')
+    parts.append("</svg>")
+    stats = f'n {hist["n"]}, mean {hist["mean"]:.1f}, median {hist["p50"]:.0f}, p95 {hist["p95"]:.0f}'
+    return "".join(parts) + f'<div class="muted">{stats}</div>'
+
+
+def line_chart(series: dict[str, list[list[float]]], width: int = 640, height: int = 240) -> str:
+    """Lines over steps, one per series (train loss, val loss, ...), on shared axes."""
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return '<p class="muted">no data</p>'
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    pad_l, pad_b = 50, 30
+
+    def xy(p: list[float]) -> str:
+        x = pad_l + (width - pad_l - 10) * (p[0] - x0) / (x1 - x0)
+        y = 10 + (height - pad_b - 10) * (1 - (p[1] - y0) / (y1 - y0))
+        return f"{x:.1f},{y:.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<rect x="{pad_l}" y="10" width="{width - pad_l - 10}" height="{height - pad_b - 10}" fill="none" stroke="#ccc"/>']
+    legend = []
+    for i, (name, s) in enumerate(series.items()):
+        color = _PALETTE[i % len(_PALETTE)]
+        if len(s) == 1:
+            x, y = xy(s[0]).split(",")
+            parts.append(f'<circle cx="{x}" cy="{y}" r="3" fill="{color}"/>')
+        else:
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{" ".join(xy(p) for p in s)}"/>')
+        legend.append(f'<span><i class="sw" style="background:{color}"></i>{escape(name)}</span>')
+    parts += [
+        f'<text x="{pad_l - 4}" y="16" text-anchor="end">{y1:.3g}</text>',
+        f'<text x="{pad_l - 4}" y="{height - pad_b}" text-anchor="end">{y0:.3g}</text>',
+        f'<text x="{pad_l}" y="{height - 12}">{x0:g}</text>',
+        f'<text x="{width - 10}" y="{height - 12}" text-anchor="end">step {x1:g}</text>',
+        "</svg>",
+    ]
+    return "".join(parts) + f'<div class="legend">{"".join(legend)}</div>'
+
+
+def _json_block(obj: Any, title: str) -> str:
+    return f"<details><summary>{escape(title)}</summary><pre>{escape(json.dumps(obj, indent=2, default=str))}</pre></details>"
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{escape(title)}</h2>{body}"
+
+
+def _reasons_html(reasons: list[dict[str, Any]]) -> str:
+    if not reasons:
+        return '<p class="muted">every record was kept</p>'
+    out = [_table([{k: r[k] for k in ("reason", "stage", "outcome", "count")} for r in reasons])]
+    for r in reasons:
+        if not r["examples"]:
+            continue
+        items = "".join(
+            f"<li><code>{escape(e['origin'])}</code> {escape(e.get('detail') or '')}"
+            + (f"<pre>{escape(e['text'])}</pre>" if e.get("text") else "") + "</li>"
+            for e in r["examples"]
+        )
+        out.append(f"<details><summary><code>{escape(r['reason'])}</code>: {r['count']} (examples)</summary><ul>{items}</ul></details>")
+    return "".join(out)
+
+
+def _before_after_html(ba: Any) -> str:
+    items = ba.get("examples") or ba.get("answers") or ba.get("items") if isinstance(ba, dict) else ba
+    if isinstance(items, list) and items and isinstance(items[0], dict):
+        rest = {k: v for k, v in ba.items() if k not in ("examples", "answers", "items")} if isinstance(ba, dict) else {}
+        return _table(items) + (_json_block(rest, "details") if rest else "")
+    return _json_block(ba, "before/after")
+
+
+def render_html(s: dict[str, Any]) -> str:
+    """The whole report page from a summary (pipeline.report.summarize)."""
+    t = s["totals"]
+    cards = "".join(
+        f'<div class="card">{escape(k)}<b>{v}</b></div>'
+        for k, v in (("read", t["read"]), ("kept", t["kept"]), ("quarantined", t["quarantined"]), ("dropped", t["dropped"]))
+    )
+    body = [f"<h1>Data-quality report: {escape(s['name'])}</h1>",
+            f'<p class="muted">{escape(s["run_dir"])} — generated {escape(s["generated_at"])}</p>',
+            f'<div class="cards">{cards}</div>']
+    funnel_cols = ["source", "tier", *FUNNEL_STEPS]
+    body.append(_section("Funnel per source", stacked_funnel(s["funnel"]) + _table(s["funnel"], funnel_cols)))
+    body.append(_section("Funnel per tier", _table(s["funnel_by_tier"], ["tier", *FUNNEL_STEPS])))
+    body.append(_section("Reasons", _reasons_html(s["reasons"])))
+    d = s["duplicates"]
+    dup_rows = [{k: c[k] for k in ("kept_origin", "dropped", "reasons", "sources", "dropped_origins", "text")} for c in d["largest"]]
+    body.append(_section("Duplicate clusters",
+                         f"<p>{d['duplicates']} duplicate(s) in {d['clusters']} cluster(s); largest:</p>" + _table(dup_rows)))
+    body.append(_section("Benchmark contamination hits", bar_chart(s["contamination"], color="#c62828")))
+    body.append(_section("PII redactions", bar_chart(s["pii_redactions"], color="#6a1b9a")))
+    cur = s.get("curated") or {}
+    langs = cur.get("languages") or s.get("languages_in") or {}
+    body.append(_section("Language mix (kept)", bar_chart(dict(list(langs.items())[:15]), color="#00838f")))
+    if cur:
+        body.append(_section(
+            "Lengths (kept conversations)",
+            histogram_svg(cur["chars"], "characters per conversation") + histogram_svg(cur["turns"], "turns per conversation"),
+        ))
+    sh = s.get("shards") or {}
+    if sh:
+        rows = [{"split": k, **{m: v[m] for m in ("rows", "segments", "tokens", "supervised_tokens", "supervised_share",
+                                                  "packing_efficiency")}} for k, v in sh.items()]
+        hists = "".join(histogram_svg(v["tokens_per_conversation"], f"tokens per conversation ({k})") for k, v in sh.items())
+        trunc = _json_block(s["truncation"], "truncation losses") if s.get("truncation") is not None else ""
+        body.append(_section("Tokens, supervision and packing", _table(rows) + hists + trunc))
+    if s.get("mix"):
+        mix = s["mix"]
+        tables = "".join(
+            f"<h3>{escape(k)}</h3>" + _table(v) for k, v in mix.items()
+            if isinstance(v, list) and v and isinstance(v[0], dict)
+        ) if isinstance(mix, dict) else ""
+        body.append(_section("Mixture before / after", tables + _json_block(mix, "mixture statistics")))
+    tr = s.get("training") or {}
+    if tr:
+        curves = line_chart(tr["curves"]) if tr.get("curves") else ""
+        ev = _json_block(tr["eval"], "evaluation (train/eval.json)") if tr.get("eval") is not None else ""
+        model = f"<p>model: <code>{escape(tr['model'])}</code></p>" if tr.get("model") else ""
+        body.append(_section("Training", curves + ev + model))
+    if s.get("before_after"):
+        body.append(_section("Model answers before / after training", _before_after_html(s["before_after"])))
+    if s.get("manifest"):
+        body.append(_section("Manifest", _json_block(s["manifest"], "manifest.json")))
+    body.append(_section("Stage statistics", "".join(_json_block(v, k) for k, v in s["stage_stats"].items())))
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>sftforge report: {escape(s['name'])}</title><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
