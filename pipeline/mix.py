@@ -33,7 +33,7 @@ import polars as pl
 from pipeline.canonical import CANONICAL_SCHEMA
 from pipeline.ledger import ledger_rows, write_ledger_part
 from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
-from pipeline.select import SIGNAL_COLUMNS, sample_keys, score_frame, select
+from pipeline.select import SIGNAL_COLUMNS, priority_order, sample_keys, score_frame, select
 from schemas.config import ConfigError, RunConfig
 from schemas.config_mix import MixConfig, MixRule
 
@@ -49,7 +49,10 @@ def estimate_tokens(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     plus 4 template tokens per message; supervised = the assistant turns' share of that (their
     text plus one end-of-turn token each)."""
     out = df.select(
-        pl.col("messages").list.eval(pl.element().struct.field("content").str.len_chars()).list.sum().alias("c"),
+        pl.col("messages")
+        .list.eval(pl.element().struct.field("content").str.len_chars())
+        .list.sum()
+        .alias("c"),
         pl.col("messages").list.len().alias("m"),
         pl.col("messages")
         .list.eval(
@@ -60,8 +63,12 @@ def estimate_tokens(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         )
         .alias("a"),
     ).select(
-        ((pl.col("c") / CHARS_PER_TOKEN).ceil() + TOKENS_PER_MESSAGE * pl.col("m")).cast(pl.Int64).alias("tokens"),
-        ((pl.col("a").list.sum() / CHARS_PER_TOKEN).ceil() + pl.col("a").list.len()).cast(pl.Int64).alias("sup"),
+        ((pl.col("c") / CHARS_PER_TOKEN).ceil() + TOKENS_PER_MESSAGE * pl.col("m"))
+        .cast(pl.Int64)
+        .alias("tokens"),
+        ((pl.col("a").list.sum() / CHARS_PER_TOKEN).ceil() + pl.col("a").list.len())
+        .cast(pl.Int64)
+        .alias("sup"),
     )
     return out["tokens"], out["sup"]
 
@@ -78,9 +85,7 @@ def copies_for_weight(weight: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return (base + (keys < (weight - base))).astype(np.int64)
 
 
-def first_fit(
-    order: np.ndarray, costs: list[np.ndarray], budgets: list[float]
-) -> np.ndarray:
+def first_fit(order: np.ndarray, costs: list[np.ndarray], budgets: list[float]) -> np.ndarray:
     """Boolean mask of the items taken when walking `order` and taking each item whose costs
     still fit every budget. Fast path: the longest prefix that fits, then a loop over the rest."""
     n = len(order)
@@ -128,7 +133,9 @@ def share_groups(mix: MixConfig, source_tiers: dict[str, str]) -> list[ShareGrou
             groups.append(ShareGroup(f"tier {tier}", f"mix.tiers.{tier}", srcs, rule.share, rule.max_share))
     for source, rule in mix.sources.items():
         if rule.has_share():
-            groups.append(ShareGroup(f"source {source}", f"mix.sources.{source}", [source], rule.share, rule.max_share))
+            groups.append(
+                ShareGroup(f"source {source}", f"mix.sources.{source}", [source], rule.share, rule.max_share)
+            )
     seen: dict[str, str] = {}
     for g in groups:
         for s in g.sources:
@@ -211,10 +218,7 @@ def plan_mix(df: pl.DataFrame, mix: MixConfig, source_tiers: dict[str, str], see
     reason[out_w] = "mix.unselected"
     detail[out_w] = [f"left out by sampling at weight {w:g} (source × tier weight)" for w in weight[out_w]]
 
-    if mix.cap_order == "score":
-        order_all = np.lexsort((keys, -df["score"].to_numpy()))
-    else:
-        order_all = np.argsort(keys, kind="stable")
+    order_all = priority_order(df, keys, by_score=mix.cap_order == "score")
 
     def drop(mask: np.ndarray, text: str) -> None:
         reason[mask] = "mix.capped"
@@ -252,7 +256,10 @@ def plan_mix(df: pl.DataFrame, mix: MixConfig, source_tiers: dict[str, str], see
         budgets: list[float] = []
         if live:
             _, budgets = solve_share_budgets(
-                free, [avail[i] for i in live], [groups[i].share for i in live], [groups[i].max_share for i in live]
+                free,
+                [avail[i] for i in live],
+                [groups[i].share for i in live],
+                [groups[i].max_share for i in live],
             )
         for i, budget in zip(live, budgets, strict=True):
             g, member = groups[i], members[i]
@@ -294,7 +301,10 @@ def _group_stats(frame: pl.DataFrame, by: str, copies: str) -> dict[str, dict[st
             pl.len().alias("conversations"),
             pl.col(copies).sum().alias("examples"),
             (pl.col(copies) * pl.col("_tokens")).sum().alias("tokens"),
-            (pl.col(copies) * pl.col("_tokens") * pl.col("_sup_share")).sum().round(0).alias("supervised_tokens"),
+            (pl.col(copies) * pl.col("_tokens") * pl.col("_sup_share"))
+            .sum()
+            .round(0)
+            .alias("supervised_tokens"),
         )
         .sort(by)
     )
@@ -322,7 +332,11 @@ def mix_stats(planned: pl.DataFrame, cfg: RunConfig, counter: str) -> dict[str, 
             "examples": int(frame[copies].sum()) if frame.height else 0,
             "tokens": int((frame[copies] * frame["_tokens"]).sum()) if frame.height else 0,
         }
-        return {"total": total, "sources": _group_stats(frame, "source", copies), "tiers": _group_stats(frame, "tier", copies)}
+        return {
+            "total": total,
+            "sources": _group_stats(frame, "source", copies),
+            "tiers": _group_stats(frame, "tier", copies),
+        }
 
     after_view = view(after, "repeat")
     targets = []
@@ -331,7 +345,12 @@ def mix_stats(planned: pl.DataFrame, cfg: RunConfig, counter: str) -> dict[str, 
             got = after_view[key].get(str(name), {}).get("share", 0.0)
             if rule.has_share():
                 targets.append(
-                    {"rule": f"mix.{key}.{name}", "share": rule.share, "max_share": rule.max_share, "result": got}
+                    {
+                        "rule": f"mix.{key}.{name}",
+                        "share": rule.share,
+                        "max_share": rule.max_share,
+                        "result": got,
+                    }
                 )
     dropped = planned.filter(pl.col("_reason").is_not_null()).group_by("_reason", "source").len()
     drops: dict[str, dict[str, int]] = {}
@@ -392,11 +411,16 @@ def run_mix(
     write_ledger_part(
         run_dir,
         "mix",
-        ledger_rows(left_out, stage="mix", outcome="dropped", reason=pl.col("_reason"), detail=pl.col("_detail")),
+        ledger_rows(
+            left_out, stage="mix", outcome="dropped", reason=pl.col("_reason"), detail=pl.col("_detail")
+        ),
     )
     kept = planned.filter(pl.col("repeat") > 0)
     helper = [c for c in kept.columns if c.startswith("_")]
-    first = [*CANONICAL_SCHEMA, *[c for c in df.columns if c not in CANONICAL_SCHEMA and not c.startswith("_")]]
+    first = [
+        *CANONICAL_SCHEMA,
+        *[c for c in df.columns if c not in CANONICAL_SCHEMA and not c.startswith("_")],
+    ]
     ordered = [c for c in first if c not in ("score", *SIGNAL_COLUMNS)] + ["score", *SIGNAL_COLUMNS, "repeat"]
     kept = kept.drop(helper).select(ordered)
     rd.curated.mkdir(parents=True, exist_ok=True)

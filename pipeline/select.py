@@ -50,6 +50,15 @@ def sample_keys(conversation_ids: pl.Series, seed: int) -> np.ndarray:
     )
 
 
+def priority_order(df: pl.DataFrame, keys: np.ndarray, by_score: bool) -> np.ndarray:
+    """Row indices best first: by score (when asked), then the seeded hash key, then origin — so
+    the order never depends on how the input happened to be sorted."""
+    origin_rank = df["origin"].rank("ordinal").to_numpy()
+    if by_score:
+        return np.lexsort((origin_rank, keys, -df["score"].to_numpy()))
+    return np.lexsort((origin_rank, keys))
+
+
 def signal_exprs(tier_values: dict[str, float]) -> list[pl.Expr]:
     """Expressions computing every signal from the helper columns `_user`, `_asst`, `_user_turns`, `tier`."""
     a_chars = pl.col("_asst").str.len_chars().cast(pl.Float64)
@@ -57,14 +66,21 @@ def signal_exprs(tier_values: dict[str, float]) -> list[pl.Expr]:
     words = pl.col("_asst").str.to_lowercase().str.extract_all(_WORD)
     head200 = words.list.head(200)
     ttr = pl.when(head200.list.len() > 0).then(head200.list.n_unique() / head200.list.len()).otherwise(0.0)
-    lines = pl.col("_asst").str.split("\n").list.eval(pl.element().str.strip_chars()).list.eval(
-        pl.element().filter(pl.element() != "")
+    lines = (
+        pl.col("_asst")
+        .str.split("\n")
+        .list.eval(pl.element().str.strip_chars())
+        .list.eval(pl.element().filter(pl.element() != ""))
     )
-    dup_lines = pl.when(lines.list.len() > 0).then(1.0 - lines.list.n_unique() / lines.list.len()).otherwise(0.0)
+    dup_lines = (
+        pl.when(lines.list.len() > 0).then(1.0 - lines.list.n_unique() / lines.list.len()).otherwise(0.0)
+    )
     pairs = words.list.head(256).list.eval(
         pl.concat_str([pl.element(), pl.element().shift(-1)], separator=" ").drop_nulls()
     )
-    dup_pairs = pl.when(pairs.list.len() > 0).then(1.0 - pairs.list.n_unique() / pairs.list.len()).otherwise(0.0)
+    dup_pairs = (
+        pl.when(pairs.list.len() > 0).then(1.0 - pairs.list.n_unique() / pairs.list.len()).otherwise(0.0)
+    )
     u_words = pl.col("_user").str.count_matches(_WORD).cast(pl.Float64)
     cues = pl.col("_user").str.count_matches(_CUES).cast(pl.Float64)
     asst = pl.col("_asst")
@@ -87,7 +103,9 @@ def signal_exprs(tier_values: dict[str, float]) -> list[pl.Expr]:
         formatting.alias("signal_formatting"),
         pl.col("tier")
         .cast(pl.String)
-        .replace_strict({str(k): float(v) for k, v in tier_values.items()}, default=0.0, return_dtype=pl.Float64)
+        .replace_strict(
+            {str(k): float(v) for k, v in tier_values.items()}, default=0.0, return_dtype=pl.Float64
+        )
         .alias("signal_tier"),
     ]
 
@@ -226,8 +244,7 @@ def select(df: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
             pl.lit(True).alias("_selected"), pl.lit(None, dtype=pl.String).alias("_select_detail")
         )
     keys = sample_keys(df["conversation_id"], seed)
-    # Best first; the seeded hash breaks ties so equal scores do not depend on input order.
-    order = np.lexsort((keys, -df["score"].to_numpy()))
+    order = priority_order(df, keys, by_score=True)
     quotas = source_quotas(df, cfg)
     sigs = None
     if cfg.diversify_threshold is not None:
@@ -235,28 +252,32 @@ def select(df: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     kept, near_of = greedy_diverse(order, df["source"].to_list(), quotas, sigs, cfg.diversify_threshold)
     origins = df["origin"].to_list()
     near_origin = [origins[j] if j >= 0 else None for j in near_of.tolist()]
-    return df.with_columns(
-        pl.Series("_selected", kept),
-        pl.Series("_near_of", near_origin, dtype=pl.String),
-        pl.col("source").replace_strict(quotas, return_dtype=pl.Int64).alias("_quota"),
-    ).with_columns(
-        pl.when(pl.col("_selected"))
-        .then(pl.lit(None, dtype=pl.String))
-        .when(pl.col("_near_of").is_not_null())
-        .then(
-            pl.format(
-                "not selected: too close to {} (estimated Jaccard >= {}), already kept",
-                pl.col("_near_of"),
-                pl.lit(cfg.diversify_threshold),
-            )
+    return (
+        df.with_columns(
+            pl.Series("_selected", kept),
+            pl.Series("_near_of", near_origin, dtype=pl.String),
+            pl.col("source").replace_strict(quotas, return_dtype=pl.Int64).alias("_quota"),
         )
-        .otherwise(
-            pl.format(
-                "not selected: score {} is below the top {} of source '{}'",
-                pl.col("score").round(3),
-                pl.col("_quota"),
-                pl.col("source"),
+        .with_columns(
+            pl.when(pl.col("_selected"))
+            .then(pl.lit(None, dtype=pl.String))
+            .when(pl.col("_near_of").is_not_null())
+            .then(
+                pl.format(
+                    "not selected: too close to {} (estimated Jaccard >= {}), already kept",
+                    pl.col("_near_of"),
+                    pl.lit(cfg.diversify_threshold),
+                )
             )
+            .otherwise(
+                pl.format(
+                    "not selected: score {} is below the top {} of source '{}'",
+                    pl.col("score").round(3),
+                    pl.col("_quota"),
+                    pl.col("source"),
+                )
+            )
+            .alias("_select_detail")
         )
-        .alias("_select_detail")
-    ).drop("_near_of", "_quota")
+        .drop("_near_of", "_quota")
+    )

@@ -106,7 +106,9 @@ class SelectRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     top_n: int | None = Field(default=None, ge=0, description="keep at most this many per source")
-    top_fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="keep this fraction per source")
+    top_fraction: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="keep this fraction per source"
+    )
 
 
 class SelectConfig(BaseModel):
@@ -119,7 +121,9 @@ class SelectConfig(BaseModel):
         default_factory=lambda: {Tier.expert: 1.0, Tier.crowdsourced: 0.6, Tier.synthetic: 0.3},
         description="the tier signal of each tier, in [0, 1]",
     )
-    top_n: int | None = Field(default=None, ge=0, description="per source, unless sources.<name> says otherwise")
+    top_n: int | None = Field(
+        default=None, ge=0, description="per source, unless sources.<name> says otherwise"
+    )
     top_fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="per source default")
     sources: dict[str, SelectRule] = Field(default_factory=dict, description="per-source overrides")
     diversify_threshold: float | None = Field(

@@ -57,7 +57,9 @@ def flat_counter(tokens: int = 100):
     return count
 
 
-def mix(tmp_path: Path, df: pl.DataFrame, counter=None, **sections) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
+def mix(
+    tmp_path: Path, df: pl.DataFrame, counter=None, **sections
+) -> tuple[dict, pl.DataFrame, pl.DataFrame]:
     run_dir = tmp_path / "run"
     src = tmp_path / "in" / "part-00000.parquet"
     src.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,9 @@ def test_copies_for_weight_is_floor_plus_hash_fraction():
 
 def test_conversation_cap_exact(tmp_path):
     df = make_frame({"exp": 30, "syn": 50})
-    _, curated, ledger = mix(tmp_path, df, flat_counter(), mix={"tiers": {"synthetic": {"max_conversations": 12}}})
+    _, curated, ledger = mix(
+        tmp_path, df, flat_counter(), mix={"tiers": {"synthetic": {"max_conversations": 12}}}
+    )
     assert (curated["source"] == "syn").sum() == 12
     assert ledger.height == 38 and set(ledger["reason"]) == {"mix.capped"}
     assert ledger["detail"].str.contains("max_conversations 12").all()
@@ -163,7 +167,9 @@ def test_max_share_hits_exactly_with_upsampled_expert(tmp_path):
 
 def test_max_share_not_binding_keeps_all(tmp_path):
     df = make_frame({"exp": 100, "syn": 10})
-    stats, curated, ledger = mix(tmp_path, df, flat_counter(), mix={"tiers": {"synthetic": {"max_share": 0.5}}})
+    stats, curated, ledger = mix(
+        tmp_path, df, flat_counter(), mix={"tiers": {"synthetic": {"max_share": 0.5}}}
+    )
     assert curated.height == 110 and ledger.height == 0
 
 
@@ -222,7 +228,9 @@ def test_deterministic_and_independent_of_input_order(tmp_path):
 def test_rerun_replaces_curated_parts(tmp_path):
     df = make_frame({"exp": 20, "syn": 20})
     mix(tmp_path, df, None)
-    _, curated, ledger = mix(tmp_path, df, flat_counter(), mix={"tiers": {"synthetic": {"max_conversations": 3}}})
+    _, curated, ledger = mix(
+        tmp_path, df, flat_counter(), mix={"tiers": {"synthetic": {"max_conversations": 3}}}
+    )
     assert curated.height == 23 and ledger.height == 17
 
 
@@ -240,6 +248,11 @@ def test_unknown_source_and_overlapping_shares_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="mix.sources.nope: no such source"):
         mix(tmp_path, df, None, mix={"sources": {"nope": {"weight": 2}}})
     with pytest.raises(ConfigError, match="both set a share for source 'syn'"):
-        mix(tmp_path, df, None, mix={"sources": {"syn": {"share": 0.1}}, "tiers": {"synthetic": {"max_share": 0.2}}})
+        mix(
+            tmp_path,
+            df,
+            None,
+            mix={"sources": {"syn": {"share": 0.1}}, "tiers": {"synthetic": {"max_share": 0.2}}},
+        )
     with pytest.raises(ConfigError, match="share rules cannot be met"):
         mix(tmp_path, make_frame({"syn": 5}), None, mix={"tiers": {"synthetic": {"max_share": 0.2}}})
