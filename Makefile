@@ -23,15 +23,15 @@ demo: $(STAMP)
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(BIN)/sftforge run configs/demo.toml
 
 test: $(STAMP)
-	$(BIN)/ruff check pipeline flows schemas trainer tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 
 lint: $(STAMP)
-	$(BIN)/ruff check --fix pipeline flows schemas trainer tests bench
-	$(BIN)/ruff format pipeline flows schemas trainer tests bench
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) .prefect data/processed/*
