@@ -1,0 +1,199 @@
+"""What training did: the starting and the trained model answer the same validation prompts, and
+the validation loss per source and tier before and after (from the trainer's train/eval.json).
+
+The prompts are a fixed, seeded choice among the validation conversations (the conversations in
+`shards/val-*.parquet`; without val shards, among all of curated/), taken round-robin over the
+sources so each source shows up. A prompt is the conversation up to its last assistant turn, and
+that turn is the reference answer. Decoding is greedy (`before_after.max_new_tokens`), rendered
+with each model directory's own chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.rundir import RunDir, atomic_write_json
+from pipeline.select import sample_keys
+from schemas.config import RunConfig
+
+
+def val_conversation_ids(run_dir: Path) -> set[str]:
+    """conversation_ids in the validation shards (empty when there are none)."""
+    ids: set[str] = set()
+    for p in sorted(RunDir.of(run_dir).shards.glob("val-*.parquet")):
+        ids.update(
+            pl.read_parquet(p, columns=["conversation_ids"])["conversation_ids"].explode().drop_nulls()
+        )
+    return ids
+
+
+def choose_prompts(run_dir: Path, n: int, seed: int) -> pl.DataFrame:
+    """`n` validation conversations (conversation_id, origin, source, tier, messages), a seeded
+    choice by conversation hash, round-robin over sources."""
+    parts = sorted(RunDir.of(run_dir).curated.glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(
+            f"{RunDir.of(run_dir).curated}: no curated conversations to take prompts from"
+        )
+    cols = ["conversation_id", "origin", "source", "tier", "messages"]
+    df = pl.concat([pl.read_parquet(p, columns=cols) for p in parts]).unique("conversation_id", keep="first")
+    val = val_conversation_ids(run_dir)
+    if val:
+        df = df.filter(pl.col("conversation_id").is_in(list(val)))
+    df = df.with_columns(pl.Series("_key", sample_keys(df["conversation_id"], seed)))
+    df = df.sort("_key", "origin").with_columns(pl.int_range(pl.len()).over("source").alias("_turn"))
+    return df.sort("_turn", "_key", "origin").head(n).drop("_key", "_turn")
+
+
+def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """(prompt turns, reference answer): everything before the last assistant turn, and that turn."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return [{"role": m["role"], "content": m["content"]} for m in messages[:last]], messages[last]["content"]
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The prompt as the model's chat template renders it, ready for the assistant's answer."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # No template saved with the model: a plain transcript, so the comparison still runs.
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def load_model(model_dir: Path, fallback_tokenizer_dirs: list[Path]) -> tuple[Any, Any]:
+    """(model, tokenizer) from a Hugging Face directory; the tokenizer from the first directory
+    that has one (a starting model may have been saved without it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir}: no Hugging Face model here (config.json missing)")
+    for d in [model_dir, *fallback_tokenizer_dirs]:
+        if (d / "tokenizer.json").exists() or (d / "tokenizer_config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(d)
+            break
+    else:
+        raise FileNotFoundError(
+            f"{model_dir}: no tokenizer next to the model, nor in {fallback_tokenizer_dirs}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    return model, tokenizer
+
+
+def greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+) -> list[dict[str, Any]]:
+    """Greedy answers, one prompt at a time (no padding, so no pad-token assumptions)."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    out = []
+    for msgs in prompts:
+        ids = tokenizer(render_prompt(tokenizer, msgs), add_special_tokens=False)["input_ids"]
+        truncated = len(ids) > max_prompt_tokens
+        ids = ids[-max_prompt_tokens:]
+        with torch.no_grad():
+            gen = model.generate(
+                torch.tensor([ids], dtype=torch.long),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        new = gen[0, len(ids) :].tolist()
+        out.append(
+            {
+                "answer": tokenizer.decode(new, skip_special_tokens=True).strip(),
+                "new_tokens": len(new),
+                "stopped": eos is not None and eos in new,
+                "prompt_truncated": truncated,
+            }
+        )
+    return out
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def loss_table(eval_state: dict[str, Any]) -> dict[str, Any]:
+    """Val loss before (first evaluation) and after (last) overall, per source and per tier."""
+    first, last = eval_state.get("initial") or {}, eval_state.get("final") or {}
+
+    def pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        before, after = _finite(a.get("loss")), _finite(b.get("loss"))
+        change = after - before if before is not None and after is not None else None
+        return {"before": before, "after": after, "change": change, "target_tokens": b.get("target_tokens")}
+
+    table: dict[str, Any] = {
+        "before_step": first.get("step"),
+        "after_step": last.get("step"),
+        "overall": pair(first, last),
+    }
+    for key in ("per_source", "per_tier"):
+        a, b = first.get(key) or {}, last.get(key) or {}
+        table[key] = {k: pair(a.get(k) or {}, b.get(k) or {}) for k in sorted(set(a) | set(b))}
+    return table
+
+
+def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """Answer the fixed validation prompts with train/model_init/ (before) and model/ (after), put
+    them next to the reference answers and the val losses; write report/before_after.json."""
+    rd = RunDir.of(run_dir)
+    bcfg = cfg.before_after
+    before_dir, after_dir = rd.root / "train" / "model_init", rd.model
+    if not (before_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"{before_dir}: the starting model was not saved; set train.save_initial_model = true and train again"
+        )
+    chosen = choose_prompts(rd.root, bcfg.num_prompts, cfg.seed)
+    split = [split_reference(m) for m in chosen["messages"].to_list()]
+    prompts = [p for p, _ in split]
+    answers: dict[str, list[dict[str, Any]]] = {}
+    for side, model_dir in (("before", before_dir), ("after", after_dir)):
+        model, tokenizer = load_model(model_dir, [after_dir, rd.tokenizer])
+        answers[side] = greedy_answers(model, tokenizer, prompts, bcfg.max_new_tokens, bcfg.max_prompt_tokens)
+        del model
+    eval_path = rd.root / "train" / "eval.json"
+    losses = loss_table(json.loads(eval_path.read_text())) if eval_path.exists() else None
+    rows = [
+        {
+            "conversation_id": r["conversation_id"],
+            "origin": r["origin"],
+            "source": r["source"],
+            "tier": r["tier"],
+            "prompt": prompt,
+            "reference": reference,
+            "before": before["answer"],
+            "after": after["answer"],
+            "before_tokens": before["new_tokens"],
+            "after_tokens": after["new_tokens"],
+            "prompt_truncated": before["prompt_truncated"],
+        }
+        for r, (prompt, reference), before, after in zip(
+            chosen.iter_rows(named=True), split, answers["before"], answers["after"], strict=True
+        )
+    ]
+    result = {
+        "models": {"before": str(before_dir), "after": str(after_dir)},
+        "decoding": {
+            "greedy": True,
+            "max_new_tokens": bcfg.max_new_tokens,
+            "max_prompt_tokens": bcfg.max_prompt_tokens,
+        },
+        "prompt_source": "validation shards" if val_conversation_ids(rd.root) else "curated (no val shards)",
+        "prompts": rows,
+        "val_loss": losses,
+    }
+    atomic_write_json(rd.report / "before_after.json", result)
+    return result
