@@ -146,11 +146,14 @@ def loss_table(eval_state: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
-def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """Answer the fixed validation prompts with train/model_init/ (before) and model/ (after), put
-    them next to the reference answers and the val losses; write report/before_after.json."""
+    them next to the reference answers and the val losses; write report/before_after.json.
+    Returns None (and writes nothing) when before_after.enabled is false."""
     rd = RunDir.of(run_dir)
     bcfg = cfg.before_after
+    if not bcfg.enabled:
+        return None
     before_dir, after_dir = rd.root / "train" / "model_init", rd.model
     if not (before_dir / "config.json").exists():
         raise FileNotFoundError(

@@ -16,7 +16,8 @@ Order of decisions (each conversation's fate is decided once, by the first step 
 A budget is filled first-fit in priority order: whole conversations (with their copies) are taken
 while they fit, so a group lands within one conversation's tokens of its budget. Tokens come from
 the injected counter (pipeline.shards.count_tokens: rendered tokens) or, without one, from
-estimate_tokens (about 4 characters per token plus 4 template tokens per message).
+estimate_tokens (about 4 characters per token plus 4 template tokens per message); a conversation
+longer than pack.max_seq_len counts as the tokenize stage will treat it (training_tokens).
 """
 
 from __future__ import annotations
@@ -77,6 +78,16 @@ def supervised_share(df: pl.DataFrame) -> pl.Series:
     """Estimated share of a conversation's tokens that are training targets (assistant turns)."""
     tokens, sup = estimate_tokens(df)
     return (sup.cast(pl.Float64) / tokens.clip(lower_bound=1).cast(pl.Float64)).alias("sup_share")
+
+
+def training_tokens(tokens: pl.Series, max_seq_len: int, overflow: str) -> pl.Series:
+    """The tokens a conversation will put into training: the tokenize stage drops one longer than
+    max_seq_len (overflow = "drop") or cuts it to at most max_seq_len ("truncate"), so budgets and
+    shares count what the shards will hold."""
+    over = tokens > max_seq_len
+    return pl.select(
+        pl.when(over).then(0 if overflow == "drop" else max_seq_len).otherwise(tokens).cast(pl.Int64)
+    ).to_series()
 
 
 def copies_for_weight(weight: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -401,9 +412,12 @@ def run_mix(
     if len(tokens) != df.height:
         raise ValueError(f"count_tokens returned {len(tokens)} counts for {df.height} conversations")
     df = df.with_columns(
-        pl.Series("_tokens", tokens).cast(pl.Int64),
+        training_tokens(pl.Series(tokens).cast(pl.Int64), cfg.pack.max_seq_len, cfg.pack.overflow).alias(
+            "_tokens"
+        ),
         supervised_share(df).alias("_sup_share"),
     )
+    over_long = int((pl.Series(tokens) > cfg.pack.max_seq_len).sum())
     df = select(df, cfg.select, cfg.seed)
     planned = plan_mix(df, cfg.mix, source_tiers, cfg.seed)
 
@@ -432,6 +446,7 @@ def run_mix(
     ]
     stats = mix_stats(planned, cfg, counter)
     stats["parts"] = [str(p) for p in parts]
+    stats["over_max_seq_len"] = over_long
     stats["read"] = df.height
     stats["kept"] = kept.height
     atomic_write_json(rd.stage_dir("mix") / "stats.json", stats)

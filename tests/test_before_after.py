@@ -151,6 +151,11 @@ def test_missing_starting_model_names_the_setting(run_dir):
         compare(run_dir, make_cfg(run_dir))
 
 
+def test_disabled_writes_nothing(run_dir):
+    assert compare(run_dir, make_cfg(run_dir, enabled=False)) is None
+    assert not (run_dir / "report" / "before_after.json").exists()
+
+
 def test_prompt_choice_without_val_shards_uses_curated(tmp_path):
     df = conversations(5)
     (tmp_path / "curated").mkdir()

@@ -9,7 +9,14 @@ import pytest
 
 from pipeline.canonical import from_records
 from pipeline.ledger import read_ledger
-from pipeline.mix import copies_for_weight, estimate_tokens, first_fit, run_mix, solve_share_budgets
+from pipeline.mix import (
+    copies_for_weight,
+    estimate_tokens,
+    first_fit,
+    run_mix,
+    solve_share_budgets,
+    training_tokens,
+)
 from schemas.config import ConfigError, RunConfig
 from schemas.conversation import conversation_id
 
@@ -232,6 +239,28 @@ def test_rerun_replaces_curated_parts(tmp_path):
         tmp_path, df, flat_counter(), mix={"tiers": {"synthetic": {"max_conversations": 3}}}
     )
     assert curated.height == 23 and ledger.height == 17
+
+
+def test_over_long_conversations_count_as_tokenize_will_treat_them(tmp_path):
+    assert training_tokens(pl.Series([10, 50, 51]), 50, "drop").to_list() == [10, 50, 0]
+    assert training_tokens(pl.Series([10, 50, 51]), 50, "truncate").to_list() == [10, 50, 50]
+
+    def counter(df, run_dir, cfg):  # every other syn conversation is too long for max_seq_len 128
+        return pl.Series(
+            [
+                1000 if s == "syn" and int(o.split(":")[1]) % 2 else 100
+                for s, o in df.select("source", "origin").iter_rows()
+            ]
+        )
+
+    df = make_frame({"exp": 80, "syn": 100})
+    cfg = {"pack": {"max_seq_len": 128}, "mix": {"tiers": {"synthetic": {"max_share": 0.2}}}}
+    stats, curated, _ = mix(tmp_path, df, counter, **cfg)
+    assert stats["over_max_seq_len"] == 50
+    assert stats["after"]["tiers"]["synthetic"]["share"] == pytest.approx(0.2)
+    # 8,000 expert tokens = 80% → 2,000 synthetic tokens = 20 short ones, plus the long ones tokenize drops.
+    syn = curated.filter(pl.col("source") == "syn")
+    assert syn.height == 70
 
 
 def test_estimate_tokens_counts_chars_and_messages():
