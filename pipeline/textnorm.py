@@ -1,0 +1,131 @@
+"""Text normalisation shared by dedup, MinHash and the quality filters (polars expressions).
+
+Normalised text = Unicode NFKC, lower case, every whitespace run one space, stripped. Polars'
+`to_lowercase` is Unicode lower-casing; it differs from Python's `casefold` only on a handful of
+letters (ß, final sigma), which is harmless for duplicate detection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+#: Word tokens: Unicode letters, digits and underscore (Rust regex `\w`, like Python's `re` `\w`).
+WORD_RE = r"\w+"
+
+
+def normalize(expr: pl.Expr) -> pl.Expr:
+    """NFKC, lower case, collapsed whitespace, stripped."""
+    return (
+        expr.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    )
+
+
+def turns_text(roles: tuple[str, ...], sep: str = "\n") -> pl.Expr:
+    """The contents of the turns with one of `roles`, joined per conversation (system left out by default
+    callers: a system prompt is a template choice, not the demonstration)."""
+    role = pl.element().struct.field("role")
+    keep = role.is_in(list(roles)) if len(roles) > 1 else role == roles[0]
+    return pl.col("messages").list.eval(pl.element().filter(keep).struct.field("content")).list.join(sep)
+
+
+def dialogue_text() -> pl.Expr:
+    """User and assistant turns with role markers, for exact-duplicate hashing."""
+    role = pl.element().struct.field("role")
+    tagged = pl.concat_str([pl.lit("<"), role, pl.lit("> "), pl.element().struct.field("content")])
+    return pl.col("messages").list.eval(tagged.filter(role != "system")).list.join("\n")
+
+
+def words(texts: pl.Series) -> pl.Series:
+    """List of word tokens of each (already normalised) text."""
+    return texts.str.extract_all(WORD_RE)
+
+
+def word_ngrams(texts: pl.Series, n: int, short: bool = True) -> tuple[pl.Series, np.ndarray]:
+    """All word n-grams ("w1 w2 … wn", space-joined) of each normalised text, flattened in document
+    order, and the document index of each. A text with fewer than n words gives its whole word
+    sequence as one n-gram when `short` is true (so short documents still have a signature), none
+    otherwise; a text without words gives none."""
+    w = words(texts).fill_null([])
+    lens = w.list.len().to_numpy().astype(np.int64)
+    flat = w.explode().drop_nulls()  # an empty list explodes to one null
+    starts = np.zeros(len(lens), dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    pos = np.arange(flat.len(), dtype=np.int64) - np.repeat(starts, lens)
+    # Shifted copies of the flat word column give the n words starting at each position; only
+    # positions with n words left in the same document are kept.
+    frame = pl.DataFrame({"w": flat})
+    grams = frame.select(
+        pl.concat_str([pl.col("w").shift(-i) for i in range(n)], separator=" ", ignore_nulls=True)
+    ).to_series()
+    keep = pos <= (lens - n)[doc]
+    out_grams = grams.filter(pl.Series(keep))
+    out_doc = doc[keep]
+    if short:
+        short_docs = np.flatnonzero((lens > 0) & (lens < n))
+        if len(short_docs):
+            whole = w.gather(short_docs).list.join(" ")
+            out_grams = pl.concat([out_grams, whole])
+            out_doc = np.concatenate([out_doc, short_docs])
+            order = np.argsort(out_doc, kind="stable")
+            out_grams = out_grams.gather(order)
+            out_doc = out_doc[order]
+    return out_grams, out_doc
+
+
+#: Start value of the word-hash fold (any fixed constant; changing it changes every signature).
+WORD_SEED = 0x9747B28C
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser (also what datasketch applies before affine32 permutations)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def fold_word_ngrams(texts: pl.Series, n: int, *, bits: int = 32, short: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Hash of every word n-gram of every normalised text, without building n-gram strings: each
+    distinct word is hashed once (xxh32, or xxh3-64 for bits=64), then h = fmix((h * 31 + w_i)) is
+    folded over the n words from WORD_SEED. Returns (hashes, document index), in document order.
+    With `short`, a text with 1..n-1 words gives one hash of all its words (as word_ngrams does)."""
+    import xxhash
+
+    dtype, fmix = (np.uint32, fmix32) if bits == 32 else (np.uint64, fmix64)
+    word_hash = xxhash.xxh32_intdigest if bits == 32 else xxhash.xxh3_64_intdigest
+    w = words(texts).fill_null([])
+    lens = w.list.len().to_numpy().astype(np.int64)
+    flat = pl.DataFrame({"w": w.explode().drop_nulls()})
+    uniq = flat.unique("w")
+    wh = np.fromiter((word_hash(x) for x in uniq["w"].cast(pl.Binary).to_list()), dtype=dtype, count=uniq.height)
+    pl_dtype = pl.UInt32 if bits == 32 else pl.UInt64
+    fh = flat.join(uniq.with_columns(pl.Series("h", wh, dtype=pl_dtype)), on="w", how="left",
+                   maintain_order="left")["h"].to_numpy()
+    total = len(fh)
+    starts = np.zeros(len(lens), dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lens)
+    width = np.minimum(lens, n)[doc]
+    keep = pos <= (lens - n)[doc]
+    if short:
+        keep |= (lens[doc] < n) & (pos == 0)
+    h = np.full(total, WORD_SEED, dtype=dtype)
+    padded = np.concatenate([fh, np.zeros(n, dtype=dtype)])
+    for i in range(n):
+        step = fmix(h * dtype(31) + padded[i : i + total])
+        # An n-gram of a short document stops folding after its last word.
+        h = np.where(i < width, step, h)
+    return h[keep], doc[keep]
