@@ -225,6 +225,12 @@ def train(run_dir: Path, cfg: RunConfig, *, resume: bool = False, log: Log | Non
     rank, world, _local, own_group = _dist_setup(tcfg.device)
     is_main = rank == 0
     say: Log = (log or _default_log) if is_main else (lambda _line: None)
+    if world == 1 and tcfg.nproc > 1:
+        # not launched by torchrun: one process accumulating nproc x as many micro-batches takes
+        # exactly the same steps (the loss is normalised over the whole step either way)
+        say(f"train.nproc={tcfg.nproc} but not under torchrun: one process with grad_accum x {tcfg.nproc}")
+        tcfg = tcfg.model_copy(update={"grad_accum": tcfg.grad_accum * tcfg.nproc, "nproc": 1})
+        cfg = cfg.model_copy(update={"train": tcfg})
     try:
         return _train(run_dir, cfg, splits, rank, world, is_main, resume, say)
     finally:
@@ -414,7 +420,8 @@ def _train(
         say(f"saved model to {run_dir / 'model'}")
     if world > 1:
         dist.barrier()
-    return {
+    summary = {
+        "rank": rank,
         "steps": total_steps,
         "start_step": start_step,
         "world_size": world,
@@ -434,4 +441,7 @@ def _train(
         "metrics": str(run_dir / "train" / "metrics.jsonl"),
         "eval": str(run_dir / "train" / "eval.json"),
     }
+    if is_main:
+        atomic_write_json(train_dir / "summary.json", summary)
+    return summary
 

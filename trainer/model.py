@@ -38,6 +38,8 @@ def load_tokenizer(tok_dir: Path) -> PreTrainedTokenizerFast:
             value = value.get("content")
         if value:
             special[key] = value
+    if conf.get("model_max_length"):
+        special["model_max_length"] = conf["model_max_length"]
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), chat_template=template, **special)
     vocab = tok.get_vocab()
     if tok.eos_token is None:
