@@ -28,7 +28,8 @@ def schema_version() -> int:
     return SCHEMA_VERSION
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (shards can be large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -49,7 +50,7 @@ def write_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> Path:
             "path": f"shards/{path.name}",
             "split": path.name.split("-", 1)[0],
             "rows": pq.ParquetFile(path).metadata.num_rows,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
         })
     if not shards:
         raise ManifestError(f"{rd.shards} holds no shard: run the tokenize stage before writing the manifest")
@@ -57,7 +58,7 @@ def write_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> Path:
         "schema_version": SCHEMA_VERSION,
         "name": cfg.name,
         "config_hash": cfg.section_hash(),
-        "tokenizer_hash": _sha256(tok_file),
+        "tokenizer_hash": sha256_file(tok_file),
         "template": cfg.template.name,
         "chat_template": tok_cfg.get("chat_template"),
         "max_seq_len": cfg.pack.max_seq_len,

@@ -200,12 +200,19 @@ def check_conversation(
         if t not in targets:
             forbidden[t.start : t.end] = True
     covered = np.zeros(len(text) + 1, dtype=bool)
+    if n:  # the first token is never a target, even where a target span starts the text
+        covered[offsets[0][0] : offsets[0][1]] = True
     sup = np.flatnonzero(mask)
     runs = np.split(sup, np.flatnonzero(np.diff(sup) != 1) + 1) if len(sup) else []
     for run in runs:
         a, b = int(run[0]), int(run[-1]) + 1
         cs, ce = offsets[a][0], max(o[1] for o in offsets[a:b])
-        decoded = tok.decode(ids[a:b].tolist(), skip_special_tokens=False)
+        # Decode from the first byte token of the run's first character (only the forced-off first
+        # token of a row can hold an earlier byte of it), so a character is never decoded from half.
+        d0 = a
+        while d0 > 0 and offsets[d0 - 1][1] > cs:
+            d0 -= 1
+        decoded = tok.decode(ids[d0:b].tolist(), skip_special_tokens=False)
         if not _same_text(decoded, text[cs:ce]):
             fail(f"supervised tokens {a}..{b - 1} decode to {decoded!r}, but the text there is {text[cs:ce]!r}")
         if not is_target[cs:ce].any():
