@@ -21,6 +21,7 @@ th{background:#f5f5f5;text-align:left}td.n{text-align:right;font-variant-numeric
 .cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem;min-width:8rem}
 .card b{display:block;font-size:1.4rem}pre{background:#f7f7f7;padding:.5rem;white-space:pre-wrap;word-break:break-word;max-height:22rem;overflow:auto}
 .muted{color:#777}svg text{font:11px system-ui,sans-serif}.legend span{display:inline-block;margin-right:1rem}
+.plot{display:inline-block;margin-right:1.5rem;vertical-align:top}
 .sw{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 """
 
@@ -110,7 +111,7 @@ def histogram_svg(hist: dict[str, Any], xlabel: str, width: int = 520, height: i
     parts.append(f'<text x="{pad_l - 4}" y="14" text-anchor="end">{top}</text>')
     parts.append("</svg>")
     stats = f'n {hist["n"]}, mean {hist["mean"]:.1f}, median {hist["p50"]:.0f}, p95 {hist["p95"]:.0f}'
-    return "".join(parts) + f'<div class="muted">{stats}</div>'
+    return f'<div class="plot">{"".join(parts)}<div class="muted">{stats}</div></div>'
 
 
 def line_chart(series: dict[str, list[list[float]]], width: int = 640, height: int = 240) -> str:
@@ -173,12 +174,53 @@ def _reasons_html(reasons: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def _name_table(before: dict[str, Any], after: dict[str, Any], key: str) -> str:
+    """Rows per source (or tier): the mixture's counts before and after, side by side."""
+    rows = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name) or {}, after.get(name) or {}
+        rows.append({key: name, **{f"{m} before": b.get(m) for m in ("conversations", "tokens", "share")},
+                     **{f"{m} after": a.get(m) for m in ("conversations", "tokens", "supervised_tokens", "share")}})
+    return _table(rows)
+
+
+def _mix_html(mix: Any) -> str:
+    out = []
+    if isinstance(mix, dict) and isinstance(mix.get("before"), dict) and isinstance(mix.get("after"), dict):
+        for part, key in (("sources", "source"), ("tiers", "tier")):
+            b, a = mix["before"].get(part), mix["after"].get(part)
+            if isinstance(b, dict) and isinstance(a, dict):
+                out.append(f"<h3>per {key}</h3>" + _name_table(b, a, key))
+    elif isinstance(mix, dict):
+        out += [f"<h3>{escape(k)}</h3>" + _table(v) for k, v in mix.items()
+                if isinstance(v, list) and v and isinstance(v[0], dict)]
+    return "".join(out) + _json_block(mix, "mixture statistics")
+
+
+def _prompt_text(p: Any) -> str:
+    if isinstance(p, list):  # messages: show the last user turn (the question the model answers)
+        users = [m.get("content", "") for m in p if isinstance(m, dict) and m.get("role") == "user"]
+        return users[-1] if users else json.dumps(p)
+    return str(p)
+
+
 def _before_after_html(ba: Any) -> str:
-    items = ba.get("examples") or ba.get("answers") or ba.get("items") if isinstance(ba, dict) else ba
+    if not isinstance(ba, dict):
+        return _json_block(ba, "before/after")
+    out = []
+    loss = ba.get("val_loss")
+    if isinstance(loss, dict):
+        rows = [{"split": "overall", **loss["overall"]}] if isinstance(loss.get("overall"), dict) else []
+        for part in ("per_tier", "per_source"):
+            rows += [{"split": f"{part[4:]} {k}", **v} for k, v in (loss.get(part) or {}).items() if isinstance(v, dict)]
+        out.append("<h3>validation loss</h3>" + _table(rows))
+    items = ba.get("prompts") or ba.get("examples") or ba.get("answers")
     if isinstance(items, list) and items and isinstance(items[0], dict):
-        rest = {k: v for k, v in ba.items() if k not in ("examples", "answers", "items")} if isinstance(ba, dict) else {}
-        return _table(items) + (_json_block(rest, "details") if rest else "")
-    return _json_block(ba, "before/after")
+        rows = [{"origin": it.get("origin", ""), "prompt": _prompt_text(it.get("prompt", "")),
+                 "reference": it.get("reference", ""), "before": it.get("before", ""), "after": it.get("after", "")}
+                for it in items]
+        out.append("<h3>answers</h3>" + _table(rows))
+    return "".join(out) + _json_block(ba, "before_after.json")
 
 
 def render_html(s: dict[str, Any]) -> str:
@@ -217,12 +259,7 @@ def render_html(s: dict[str, Any]) -> str:
         trunc = _json_block(s["truncation"], "truncation losses") if s.get("truncation") is not None else ""
         body.append(_section("Tokens, supervision and packing", _table(rows) + hists + trunc))
     if s.get("mix"):
-        mix = s["mix"]
-        tables = "".join(
-            f"<h3>{escape(k)}</h3>" + _table(v) for k, v in mix.items()
-            if isinstance(v, list) and v and isinstance(v[0], dict)
-        ) if isinstance(mix, dict) else ""
-        body.append(_section("Mixture before / after", tables + _json_block(mix, "mixture statistics")))
+        body.append(_section("Mixture before / after", _mix_html(s["mix"])))
     tr = s.get("training") or {}
     if tr:
         curves = line_chart(tr["curves"]) if tr.get("curves") else ""

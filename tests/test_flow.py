@@ -1,0 +1,109 @@
+"""End to end: the curate-and-train flow on tiny sources; every stage's counts reconcile; re-runs
+skip unchanged stages and re-run exactly the stages whose inputs or settings changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import polars as pl
+import pytest
+from conftest import PrefectServer, TinySources, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+def _rows(files: list[Path]) -> int:
+    return sum(pl.read_parquet(f).height for f in files)
+
+
+def _task_states(flow_run_id: UUID) -> dict[str, str]:
+    """Task name (task_key without the hash) -> state name, for one flow run."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    # run names are "<task>-<3 hex>", except the per-source "ingest-<source>"
+    return {(r.name if r.name.startswith("ingest-") else r.name.rsplit("-", 1)[0]): r.state.name for r in runs}
+
+
+def _run(flow: Any, config: Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    state = flow(config=str(config), overrides=overrides or [], return_state=True)
+    assert state.is_completed(), state
+    return state.result(), _task_states(state.state_details.flow_run_id)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_sources: TinySources,
+            prefect_server: PrefectServer) -> tuple[Path, Path, dict[str, Any]]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.curate import curate_and_train
+
+    tmp = tmp_path_factory.mktemp("flow")
+    cfg = write_config(tmp / "run.toml", tiny_sources.sources, tmp / "run",
+                       sections={"train": {"save_initial_model": True}})
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
+        result, _ = _run(curate_and_train, cfg)
+    return cfg, tmp / "run", result
+
+
+def test_every_stage_reconciles_and_the_model_is_trained(trained: tuple[Path, Path, dict[str, Any]],
+                                                         tiny_sources: TinySources) -> None:
+    _, rd, result = trained
+    ledger = pl.concat([pl.read_parquet(p) for p in sorted((rd / "ledger").glob("*.parquet"))])
+    assert result["records_read"] == tiny_sources.records == ledger.height == ledger["origin"].n_unique()
+    stage_drops = {s: ledger.filter((pl.col("stage") == s) & (pl.col("outcome") != "kept")).height
+                   for s in ("ingest", "dedup", "quality", "mix", "tokenize")}
+    ingest_parts = sorted((rd / "work" / "ingest").glob("*/part-*.parquet"))
+    ingest_stats = result["stats"]["ingest"]
+    assert _rows(ingest_parts) == sum(s["kept"] for s in ingest_stats) == result["records_read"] - stage_drops["ingest"]
+    assert sum(s["quarantined"] for s in ingest_stats) == result["counts"]["quarantined"] >= tiny_sources.bad_records
+    dedup_rows = _rows(sorted((rd / "work" / "dedup").glob("part-*.parquet")))
+    quality_rows = _rows(sorted((rd / "work" / "quality").glob("part-*.parquet")))
+    curated_rows = _rows(sorted((rd / "curated").glob("*.parquet")))
+    assert dedup_rows == _rows(ingest_parts) - stage_drops["dedup"]
+    assert stage_drops["dedup"] >= 2  # the two expert conversations copied into the ShareGPT source
+    assert quality_rows == dedup_rows - stage_drops["quality"]
+    assert curated_rows == quality_rows - stage_drops["mix"]
+    shard_ids = pl.concat([pl.read_parquet(p, columns=["conversation_ids"]) for p in sorted((rd / "shards").glob("*.parquet"))])
+    in_shards = shard_ids["conversation_ids"].explode().n_unique()
+    assert in_shards == curated_rows - stage_drops["tokenize"] == result["counts"]["kept"]
+    manifest = json.loads((rd / "manifest.json").read_text())
+    assert manifest["counts"]["kept"] == result["counts"]["kept"]
+
+    report = json.loads((rd / "report" / "report.json").read_text())
+    assert report["totals"]["read"] == result["records_read"] and report["totals"]["kept"] == result["counts"]["kept"]
+    assert report["training"]["curves"]["loss"] and report["training"]["eval"]
+    assert result["trained"] and (rd / "model" / "config.json").is_file()
+    assert (rd / "train" / "metrics.jsonl").is_file()
+    assert result["before_after"] and report["before_after"]
+    assert "<polyline" in (rd / "report" / "report.html").read_text()
+
+
+def test_rerun_skips_unchanged_stages_and_reruns_changed_ones(trained: tuple[Path, Path, dict[str, Any]],
+                                                              server_settings: PrefectServer) -> None:
+    from flows.curate import curate, curate_and_train
+
+    cfg, rd, first = trained
+    cached = ("ingest-expert_chat", "ingest-crowd_sharegpt", "ingest-synth_alpaca", "dedup", "quality", "mix", "tokenize")
+    again, states = _run(curate_and_train, cfg)
+    assert all(states[t] == "Cached" for t in (*cached, "train")), states
+    assert again["counts"] == first["counts"]
+
+    # Deleted outputs are not trusted from the cache: tokenize runs again, upstream stays cached.
+    shutil.rmtree(rd / "shards")
+    _, states = _run(curate, cfg)
+    assert states["tokenize"] == "Completed" and states["mix"] == "Cached" and states["dedup"] == "Cached", states
+    assert list((rd / "shards").glob("train-*.parquet"))
+
+    # A different template: the stages that render (mix counts tokens, tokenize) run; ingest..quality do not.
+    _, states = _run(curate, cfg, ["template.name=llama3"])
+    assert states["mix"] == "Completed" and states["tokenize"] == "Completed", states
+    assert states["quality"] == "Cached" and states["ingest-expert_chat"] == "Cached", states
+    stats = json.loads((rd / "work" / "tokenize" / "stats.json").read_text())
+    assert stats["template"] == "llama3"
