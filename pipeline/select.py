@@ -184,30 +184,14 @@ def source_quotas(df: pl.DataFrame, cfg: SelectConfig) -> dict[str, int]:
     return out
 
 
-def shingle_sets(df: pl.DataFrame, words: int) -> list[list[bytes]]:
-    """Word n-gram shingles of the whole conversation text (all turns), lower-cased."""
-    text = df.select(
-        pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\n").str.to_lowercase()
-    ).to_series()
-    out: list[list[bytes]] = []
-    for toks in text.str.extract_all(_WORD).to_list():
-        toks = toks or [""]
-        if len(toks) <= words:
-            out.append([" ".join(toks).encode()])
-        else:
-            out.append([" ".join(toks[i : i + words]).encode() for i in range(len(toks) - words + 1)])
-    return out
-
-
 def minhash_signatures(df: pl.DataFrame, num_perm: int, shingle_words: int, seed: int) -> np.ndarray:
-    """(n, num_perm) MinHash signatures of each conversation's text (datasketch, bulk)."""
-    from datasketch import MinHash
+    """(n, num_perm) MinHash signatures of each conversation's normalised user and assistant text
+    over word n-gram shingles (the dedup stage's vectorised MinHash, pipeline.minhash)."""
+    from pipeline.minhash import text_signatures
+    from pipeline.textnorm import normalize, turns_text
 
-    sets = shingle_sets(df, shingle_words)
-    if not sets:
-        return np.zeros((0, num_perm), dtype=np.uint64)
-    mhs = MinHash.bulk(sets, num_perm=num_perm, seed=seed + 1)
-    return np.stack([m.hashvalues for m in mhs]).astype(np.uint64)
+    texts = df.select(normalize(turns_text(("user", "assistant")))).to_series()
+    return text_signatures(texts, ngram=shingle_words, num_perm=num_perm, seed=seed + 1)
 
 
 def band_layout(num_perm: int, threshold: float) -> tuple[int, int]:
