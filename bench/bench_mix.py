@@ -3,7 +3,9 @@ the labelled corpus, run the whole curation (ingest, dedup, quality, mix, tokeni
 the token shares in the train shards and check the ledger accounts for every record.
 
 Side by side: the share synthetic data would get from the usual alternative, a cap on the number of
-conversations (20% of the examples), computed on the same curated conversations.
+conversations (20% of the examples), computed on the same curated conversations; and selection with
+diversify (top half per source, no two kept with estimated Jaccard >= 0.8) against the same greedy
+walk with datasketch (MinHash per document + MinHashLSH query/insert), on a sample of the mix input.
 
     .venv/bin/python bench/bench_mix.py [--corpus /tmp/corpus/c200k] [--out /tmp/bench_mix]
 """
@@ -127,10 +129,64 @@ def count_capped_share(run_dir: Path) -> float:
     return 100 * tokens["synthetic"] / sum(tokens.values())
 
 
+def diversify_side_by_side(run_dir: Path, cfg: RunConfig, sample: int, threshold: float = 0.8) -> None:
+    """Time select() with diversify against datasketch's MinHash + MinHashLSH greedy walk."""
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    from pipeline.select import priority_order, sample_keys, score_frame, select, source_quotas
+    from pipeline.textnorm import normalize, turns_text
+
+    parts = sorted((run_dir / "work" / "quality").glob("part-*.parquet")) or sorted(
+        (run_dir / "work" / "dedup").glob("part-*.parquet")
+    )
+    df = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+    df = df.filter(pl.Series(sample_keys(df["conversation_id"], 1) < sample / max(df.height, 1)))
+    scfg = cfg.select.model_copy(
+        update={"enabled": True, "top_fraction": 0.5, "diversify_threshold": threshold}
+    )
+    scored = score_frame(df, scfg)
+    t0 = time.perf_counter()
+    ours = select(scored, scfg, cfg.seed)
+    t_ours = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    texts = df.select(normalize(turns_text(("user", "assistant")))).to_series().to_list()
+    n = scfg.shingle_words
+    mhs = []
+    for text in texts:
+        w = text.split()
+        grams = [" ".join(w[i : i + n]) for i in range(max(len(w) - n + 1, 1))]
+        m = MinHash(num_perm=scfg.num_perm, seed=cfg.seed + 1)
+        m.update_batch([g.encode() for g in grams])
+        mhs.append(m)
+    lsh = MinHashLSH(threshold=threshold, num_perm=scfg.num_perm)
+    left = source_quotas(df, scfg)
+    sources = df["source"].to_list()
+    kept = np.zeros(df.height, dtype=bool)
+    for i in priority_order(scored, sample_keys(df["conversation_id"], cfg.seed), by_score=True).tolist():
+        if left[sources[i]] <= 0:
+            continue
+        if any(mhs[i].jaccard(mhs[j]) >= threshold for j in lsh.query(mhs[i])):
+            continue
+        kept[i] = True
+        left[sources[i]] -= 1
+        lsh.insert(i, mhs[i])
+    t_ds = time.perf_counter() - t0
+    print(
+        f"\nselect + diversify on {df.height:,} conversations (top half per source, Jaccard >= {threshold}): "
+        f"ours {t_ours:.1f} s ({int(ours['_selected'].sum()):,} kept), datasketch MinHash+MinHashLSH "
+        f"{t_ds:.1f} s ({int(kept.sum()):,} kept): {t_ds / t_ours:.1f}x"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus/c200k"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_mix"))
+    ap.add_argument(
+        "--diversify-sample", type=int, default=20_000, help="conversations for the diversify timing"
+    )
     args = ap.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -183,6 +239,7 @@ def main() -> None:
         f"cap binding: {binding}; largest plan-vs-shard gap {max(gaps.values()):.2f} points; "
         f"expert repeat {exp_curated} (x{EXPERT_WEIGHT}: {ok_expert}); ledger balances: True"
     )
+    diversify_side_by_side(args.out, cfg, args.diversify_sample)
     if not (ok_share and ok_expert and ok_plan):
         raise SystemExit(1)
 
