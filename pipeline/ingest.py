@@ -53,10 +53,10 @@ def _raw_text(raw: Any) -> str:
 
 
 class _PartWriter:
-    """Buffers kept conversations column-wise and writes a canonical part every `chunk_rows`."""
+    """Buffers kept conversations column-wise; writes a canonical part every `chunk_rows` (or `chunk_chars` of text)."""
 
-    def __init__(self, out_dir: Path, source: SourceConfig, chunk_rows: int):
-        self.out_dir, self.source, self.chunk_rows = out_dir, source, chunk_rows
+    def __init__(self, out_dir: Path, source: SourceConfig, chunk_rows: int, chunk_chars: int = 64 << 20):
+        self.out_dir, self.source, self.chunk_rows, self.chunk_chars = out_dir, source, chunk_rows, chunk_chars
         self.parts: list[Path] = []
         self._reset()
 
@@ -65,6 +65,7 @@ class _PartWriter:
         # messages are kept flat (offsets + roles + contents): building list<struct> from Python dicts
         # row by row is the slowest step of ingestion otherwise.
         self.offsets, self.roles, self.contents = [0], [], []
+        self.chars = 0
 
     def add(self, origin: str, messages: list[dict], category: str | None, original_id: str | None) -> None:
         c = self.cols
@@ -73,10 +74,12 @@ class _PartWriter:
         for m in messages:
             self.roles.append(m["role"])
             self.contents.append(m["content"])
+            self.chars += len(m["content"])
         self.offsets.append(len(self.roles))
         c["category"].append(category)
         c["original_id"].append(original_id)
-        if len(c["origin"]) >= self.chunk_rows:
+        # Also bounded by text size: chunk_rows of very long conversations must not fill memory.
+        if len(c["origin"]) >= self.chunk_rows or self.chars >= self.chunk_chars:
             self.flush()
 
     def flush(self) -> None:

@@ -291,3 +291,14 @@ def test_unreadable_source_is_a_clear_error_naming_the_path(tmp_path, make, matc
     with pytest.raises(SourceError, match=match) as e:
         ingest_source(SourceConfig(name="s", path=path, tier="expert"), tmp_path / "run")
     assert str(path) in str(e.value)
+
+
+def test_parts_are_also_bounded_by_text_size(tmp_path):
+    from pipeline.ingest import _PartWriter
+
+    src = SourceConfig(name="s", path=tmp_path, tier="expert")
+    w = _PartWriter(tmp_path / "out", src, chunk_rows=1000, chunk_chars=50)
+    for i in range(5):
+        w.add(f"s:{i}", [{"role": "user", "content": "q" * 10}, {"role": "assistant", "content": "a" * 20}], None, None)
+    w.flush()
+    assert [pl.read_parquet(p).height for p in w.parts] == [2, 2, 1]

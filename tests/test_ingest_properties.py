@@ -84,3 +84,22 @@ def test_random_oasst_forests_balance(rows, mode):
         stats = check_balanced(path, "oasst", Path(d) / "run", oasst_paths=mode)
         # Each record stands on a row of its own (a bad row, a root, an orphan, a cycle member, a leaf).
         assert (1 if rows else 0) <= stats["read"] <= len(rows)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=200) | st.text(max_size=60).map(str.encode), sizes=st.lists(st.integers(1, 7), min_size=1))
+def test_utf8_guard_marks_exactly_the_invalid_bytes_whatever_the_read_sizes(data, sizes):
+    """Invalid bytes become markers and valid text passes unchanged, even when a read splits a character."""
+    import io
+
+    from pipeline.readers.files import _Utf8Guard, restore_bad_bytes
+
+    guard = _Utf8Guard(io.BytesIO(data))
+    out, i = b"", 0
+    while chunk := guard.read(sizes[i % len(sizes)]) if i < 10_000 else b"":
+        out += chunk
+        i += 1
+    out += guard.read(1)  # flush anything held back at EOF
+    expected = data.decode("utf-8", "backslashreplace")
+    assert restore_bad_bytes(out.decode("utf-8")) == expected
+    assert guard.saw_invalid == (expected != data.decode("utf-8", "replace"))

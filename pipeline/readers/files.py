@@ -7,7 +7,6 @@ be decoded — a `RecordError`. Nothing here knows about source formats.
 
 from __future__ import annotations
 
-import codecs
 import io
 import re
 from collections.abc import Iterator
@@ -111,33 +110,47 @@ class _Utf8Guard(io.RawIOBase):
 
     def __init__(self, f: BinaryIO):
         self._f = f
-        self._dec = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self._carry = b""
         self.saw_invalid = False
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        text = self._dec.decode(data, final=not data)
-        if self._has_surrogates(text):
-            self.saw_invalid = True
-            text = "".join(chr(_BAD_BYTE_BASE + ord(c) - 0xDC00) if "\udc80" <= c <= "\udcff" else c for c in text)
-        return text.encode("utf-8")
-
-    @staticmethod
-    def _has_surrogates(text: str) -> bool:
-        # Fast path: a clean chunk encodes strictly; only a chunk with escaped bytes fails.
+        chunk = b""
+        while not chunk:  # an empty read means EOF to the parser, so never return one early
+            fresh = self._f.read(n)
+            data = self._carry + fresh
+            # Hold back a character cut by the chunk boundary, so each chunk can be checked on its own.
+            cut = len(data) if not fresh else _complete_prefix(data)
+            chunk, self._carry = data[:cut], data[cut:]
+            if not fresh:
+                break
         try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
+            chunk.decode("utf-8")
+            return chunk  # the common case: valid, passed through untouched
+        except UnicodeDecodeError:
+            self.saw_invalid = True
+        text = chunk.decode("utf-8", "surrogateescape")
+        return "".join(chr(_BAD_BYTE_BASE + ord(c) - 0xDC00) if "\udc80" <= c <= "\udcff" else c
+                       for c in text).encode("utf-8")
 
     def readinto(self, b: Any) -> int:  # pragma: no cover - ijson calls read()
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+
+def _complete_prefix(data: bytes) -> int:
+    """Length of `data` without a trailing, incomplete UTF-8 sequence (at most 3 bytes held back)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)
+        if byte >= 0xC0:  # a lead byte: complete if its sequence fits in what follows
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
 
 
 def restore_bad_bytes(text: str) -> str:
