@@ -302,3 +302,15 @@ def test_parts_are_also_bounded_by_text_size(tmp_path):
         w.add(f"s:{i}", [{"role": "user", "content": "q" * 10}, {"role": "assistant", "content": "a" * 20}], None, None)
     w.flush()
     assert [pl.read_parquet(p).height for p in w.parts] == [2, 2, 1]
+
+
+@pytest.mark.parametrize("name, body", [
+    ("a.jsonl", b'{"instruction": "Q", "output": "A"}\r\n{"instruction": "Q2", "output": "A2"}\r\n'),
+    ("a.json", b'[{"instruction": "Q", "output": "A"}, {"instruction": "Q2", "output": "A2"}]'),
+    ("a.json", b'{"instruction": "Q", "output": "A"}\n{"instruction": "Q2", "output": "A2"}\n'),
+])
+def test_byte_order_mark_and_crlf_are_tolerated(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body)
+    stats, kept, q, _ = ingest(tmp_path, path, None)
+    assert q == {} and kept.height == 2 and stats["format"] == "alpaca"

@@ -69,6 +69,15 @@ def iter_file(path: Path, *, batch_rows: int = 8192) -> Iterator[RawItem]:
 
 # ---------------------------------------------------------------------------------------------- jsonl
 
+#: Some editors on Windows start UTF-8 files with a byte-order mark; JSON parsers reject it.
+BOM = b"\xef\xbb\xbf"
+
+
+def _skip_bom(f: BinaryIO) -> None:
+    if f.read(3) != BOM:
+        f.seek(0)
+
+
 
 def decode_error(raw: bytes) -> RecordError:
     """Why a line is not JSON: bad UTF-8 bytes or bad syntax (orjson reports both as one error)."""
@@ -86,6 +95,7 @@ def decode_error(raw: bytes) -> RecordError:
 def iter_jsonl(path: Path) -> Iterator[RawItem]:
     """One item per non-blank line; blank lines are not records (a trailing newline is common)."""
     with open(path, "rb") as f:
+        _skip_bom(f)
         for n, line in enumerate(f, 1):
             try:
                 value = orjson.loads(line)
@@ -165,8 +175,9 @@ def has_bad_bytes(value: Any) -> bool:
 
 def _first_byte(path: Path) -> bytes:
     with open(path, "rb") as f:
+        _skip_bom(f)
         while chunk := f.read(4096):
-            stripped = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
+            stripped = chunk.lstrip(b" \t\r\n")
             if stripped:
                 return stripped[:1]
     return b""
@@ -175,6 +186,7 @@ def _first_byte(path: Path) -> bytes:
 def _looks_like_jsonl(path: Path) -> bool:
     """A .json file that is really JSON lines: its first line is a whole object and more lines follow."""
     with open(path, "rb") as f:
+        _skip_bom(f)
         first = f.readline()
         rest = f.read(4096)
     try:
@@ -198,7 +210,7 @@ def iter_json(path: Path) -> Iterator[RawItem]:
         return
     if first != b"[":
         # Not an array: the file is one record (a top-level object, as axolotl's fixtures have).
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(BOM)
         if not raw.strip():
             return
         try:
@@ -209,6 +221,7 @@ def iter_json(path: Path) -> Iterator[RawItem]:
         yield RawItem("0", value)
         return
     with open(path, "rb") as fh:
+        _skip_bom(fh)
         guard = _Utf8Guard(fh)
         index = 0
         try:
