@@ -96,8 +96,9 @@ def mask_one(enc: Encoding, rendered: Rendered, opts: MaskOptions) -> tuple[np.n
     ids = np.asarray(enc.ids, dtype=np.int32)
     n = len(ids)
     mask = np.zeros(n, dtype=np.uint8)
+    ranges: dict[Turn, tuple[int, int] | None] = {}
     for t in target_turns(rendered.turns, opts):
-        r = token_range(enc, t.start, t.end, n)
+        ranges[t] = r = token_range(enc, t.start, t.end, n)
         if r is not None:
             mask[r[0] : r[1]] = 1
     if n:
@@ -105,7 +106,7 @@ def mask_one(enc: Encoding, rendered: Rendered, opts: MaskOptions) -> tuple[np.n
     ends = []
     for t in rendered.turns:
         if t.role == "assistant":
-            r = token_range(enc, t.start, t.end, n)
+            r = ranges[t] if t in ranges else token_range(enc, t.start, t.end, n)
             ends.append(r[1] if r else 0)
     return ids, mask, ends
 
