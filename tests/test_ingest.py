@@ -314,3 +314,12 @@ def test_byte_order_mark_and_crlf_are_tolerated(tmp_path, name, body):
     path.write_bytes(b"\xef\xbb\xbf" + body)
     stats, kept, q, _ = ingest(tmp_path, path, None)
     assert q == {} and kept.height == 2 and stats["format"] == "alpaca"
+
+
+def test_empty_instruction_with_an_input_is_empty_content_naming_the_field(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"instruction": " ", "input": "some text", "output": "A"},
+                                              {"instruction": "Q", "input": "", "output": "\n"}])
+    ingest(tmp_path, path, "alpaca")
+    errors = dict(pl.read_parquet(tmp_path / "run" / "quarantine" / "s.parquet").select("origin", "errors").iter_rows())
+    assert errors == {"s:1": "field 'instruction' is empty or whitespace only",
+                      "s:2": "field 'output' is empty or whitespace only"}

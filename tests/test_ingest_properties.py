@@ -103,3 +103,23 @@ def test_utf8_guard_marks_exactly_the_invalid_bytes_whatever_the_read_sizes(data
     expected = data.decode("utf-8", "backslashreplace")
     assert restore_bad_bytes(out.decode("utf-8")) == expected
     assert guard.saw_invalid == (expected != data.decode("utf-8", "replace"))
+
+
+@SETTINGS
+@given(rows=st.lists(st.fixed_dictionaries({
+    "instruction": st.none() | st.text(max_size=5), "input": st.none() | st.text(max_size=5),
+    "output": st.none() | st.text(max_size=5)}), min_size=1, max_size=12))
+def test_parquet_rows_kept_exactly_when_instruction_and_output_have_text(rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas.conversation import canonical_text
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "a.parquet"
+        schema = pa.schema([(k, pa.string()) for k in ("instruction", "input", "output")])
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=5)
+        stats = check_balanced(path, "alpaca", Path(d) / "run")
+        good = sum(bool(r["instruction"] and canonical_text(r["instruction"]) and r["output"]
+                        and canonical_text(r["output"])) for r in rows)
+        assert stats["kept"] == good and stats["read"] == len(rows)

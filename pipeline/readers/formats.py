@@ -94,6 +94,13 @@ def finish(messages: Messages) -> Messages:
     return out
 
 
+def _require_text(value: str, field: str) -> str:
+    """Named check for the fields a single-turn format needs (finish would only name the turn)."""
+    if not canonical_text(value):
+        raise RecordError("schema.empty_content", f"field '{field}' is empty or whitespace only")
+    return value
+
+
 def _user_text(instruction: str, extra: str | None) -> str:
     """Instruction and its input/context joined by a blank line, as Alpaca's own prompt does."""
     return f"{instruction.strip()}\n\n{extra.strip()}" if extra and extra.strip() else instruction
@@ -106,15 +113,15 @@ def _with_system(system: str | None, messages: Messages) -> Messages:
 def alpaca(value: Any, source: SourceConfig) -> Converted:
     rec: AlpacaRecord = parse(AlpacaRecord, value)
     extra = None if rec.input is None or rec.input.strip().lower() in PLACEHOLDER_INPUTS else rec.input
-    msgs = [{"role": "user", "content": _user_text(rec.instruction, extra)},
-            {"role": "assistant", "content": rec.output}]
+    msgs = [{"role": "user", "content": _user_text(_require_text(rec.instruction, "instruction"), extra)},
+            {"role": "assistant", "content": _require_text(rec.output, "output")}]
     return finish(_with_system(rec.system, msgs)), None, None
 
 
 def dolly(value: Any, source: SourceConfig) -> Converted:
     rec: DollyRecord = parse(DollyRecord, value)
-    msgs = [{"role": "user", "content": _user_text(rec.instruction, rec.context)},
-            {"role": "assistant", "content": rec.response}]
+    msgs = [{"role": "user", "content": _user_text(_require_text(rec.instruction, "instruction"), rec.context)},
+            {"role": "assistant", "content": _require_text(rec.response, "response")}]
     return finish(msgs), rec.category, None
 
 
@@ -163,7 +170,8 @@ def prompt_completion(value: Any, source: SourceConfig) -> Converted:
     for marker in source.strip_suffixes:
         if marker and completion.endswith(marker):
             completion = completion[: -len(marker)].rstrip()
-    msgs = [{"role": "user", "content": rec.prompt}, {"role": "assistant", "content": completion}]
+    msgs = [{"role": "user", "content": _require_text(rec.prompt, keys[0])},
+            {"role": "assistant", "content": _require_text(completion, keys[1])}]
     return finish(msgs), None, None
 
 
