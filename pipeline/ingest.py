@@ -30,12 +30,17 @@ from pipeline.ledger import LedgerImbalance, ledger_rows, write_ledger_part
 from pipeline.readers.files import RawItem, RecordError, SourceError, data_files, iter_file
 from pipeline.readers.formats import TRANSFORMS, detect_format
 from pipeline.readers.oasst import assemble
-from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from pipeline.rundir import RunDir, atomic_write_json
 from schemas.config_sources import SourceConfig
 from schemas.conversation import conversation_id
 
 __all__ = ["SourceError", "ingest_source", "resolve_format"]
 
+#: CANONICAL_SCHEMA in arrow terms (read back by polars as exactly CANONICAL_SCHEMA).
+PART_SCHEMA = pa.schema(
+    [(c, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])) if c == "messages" else pa.string())
+     for c in CANONICAL_SCHEMA]
+)
 QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in ("origin", "source", "tier", "reason", "errors", "raw")])
 #: How many records are read looking for one that reveals the format.
 DETECT_WINDOW = 1000
@@ -58,6 +63,7 @@ class _PartWriter:
     def __init__(self, out_dir: Path, source: SourceConfig, chunk_rows: int, chunk_chars: int = 64 << 20):
         self.out_dir, self.source, self.chunk_rows, self.chunk_chars = out_dir, source, chunk_rows, chunk_chars
         self.parts: list[Path] = []
+        out_dir.mkdir(parents=True, exist_ok=True)
         self._reset()
 
     def _reset(self) -> None:
@@ -87,28 +93,24 @@ class _PartWriter:
         if not n:
             return
         s = self.source
-        messages = pa.ListArray.from_arrays(
-            pa.array(self.offsets, pa.int32()),
-            pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())],
-                                       names=["role", "content"]),
-        )
-        df = pl.DataFrame(
-            {
-                "conversation_id": self.cols["conversation_id"],
-                "origin": self.cols["origin"],
-                "source": [s.name] * n,
-                "tier": [str(s.tier.value)] * n,
-                "messages": pl.Series("messages", messages, dtype=CANONICAL_SCHEMA["messages"]),
-                "license": [s.license] * n,
-                "category": self.cols["category"],
-                "original_id": self.cols["original_id"],
-            },
-            schema=CANONICAL_SCHEMA,
-        )
-        path = self.out_dir / f"part-{len(self.parts):05d}.parquet"
-        atomic_write_parquet(df, path)
-        self.parts.append(path)
+        const = {"source": s.name, "tier": str(s.tier.value), "license": s.license}
+        columns = {
+            "messages": pa.ListArray.from_arrays(
+                pa.array(self.offsets, pa.int32()),
+                pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())],
+                                           names=["role", "content"]),
+            ),
+            **{k: pa.array(v, pa.string()) for k, v in self.cols.items()},
+            **{k: pa.array([v] * n, pa.string()) for k, v in const.items()},
+        }
+        # Written with pyarrow directly: a polars frame in between cost ~20% more memory and time.
+        table = pa.table({c: columns[c] for c in CANONICAL_SCHEMA}, schema=PART_SCHEMA)
         self._reset()
+        path = self.out_dir / f"part-{len(self.parts):05d}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+        self.parts.append(path)
 
 
 class _Rejects:
