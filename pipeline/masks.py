@@ -20,6 +20,7 @@ characters (a role header or separator) never system or user content; the decode
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from pipeline.templates import ChatTemplate, Messages, Rendered, Turn
 
 TOO_LONG = "tokenize.too_long"
 NO_SUPERVISED = "tokenize.no_supervised_tokens"
+SPECIAL_IN_CONTENT = "tokenize.special_token_in_content"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,12 @@ class Encoded:
     full_tokens: list[int] = field(default_factory=list)  # rendered length before truncation
     full_supervised: list[int] = field(default_factory=list)  # targets before truncation
     truncated: list[bool] = field(default_factory=list)
+
+
+def special_token_pattern(tok: Tokenizer) -> re.Pattern[str] | None:
+    """A regex matching any special (control) token of the tokenizer written as text."""
+    specials = sorted((t.content for t in tok.get_added_tokens_decoder().values() if t.special), key=len, reverse=True)
+    return re.compile("|".join(re.escape(s) for s in specials)) if specials else None
 
 
 def target_turns(turns: Sequence[Turn], opts: MaskOptions) -> list[Turn]:
@@ -118,17 +126,30 @@ def encode_conversations(
     """Render, tokenize (batched) and mask conversations; apply the overflow policy."""
     out = Encoded()
     limit = opts.max_seq_len
+    specials = special_token_pattern(tok)
     for b0 in range(0, len(conversations), batch_size):
-        rendered = [template.render(m) for m in conversations[b0 : b0 + batch_size]]
+        batch = conversations[b0 : b0 + batch_size]
+        rendered = [template.render(m) for m in batch]
         encs = tok.encode_batch([r.text for r in rendered], add_special_tokens=False)
-        for rend, enc in zip(rendered, encs, strict=True):
+        for msgs, rend, enc in zip(batch, rendered, encs, strict=True):
             ids, mask, ends = mask_one(enc, rend, opts)
             n, sup = len(ids), int(mask.sum())
             out.full_tokens.append(n)
             out.full_supervised.append(sup)
             reason = detail = None
             truncated = False
-            if limit is not None and n > limit:
+            # A control token written as text inside a message would be encoded as the control token
+            # itself (an end-of-turn in the middle of a reply): such data cannot be trained on faithfully.
+            found = next(((k, m) for k, m in enumerate(msgs) if specials and specials.search(m["content"])), None)
+            if found is not None:
+                k, m = found
+                reason = SPECIAL_IN_CONTENT
+                detail = (
+                    f"message {k} ({m['role']}) contains the special token "
+                    f"{specials.search(m['content']).group()!r} as text, which would be encoded as the "
+                    "control token itself: remove or escape it in the source data"
+                )
+            elif limit is not None and n > limit:
                 fits = [e for e in ends if 0 < e <= limit]
                 if opts.overflow == "truncate" and fits:
                     ids, mask, truncated = ids[: fits[-1]], mask[: fits[-1]], True

@@ -9,6 +9,7 @@ from tokenize_fixtures import bpe, char_tokenizer, sample_conversations
 
 from pipeline.masks import (
     NO_SUPERVISED,
+    SPECIAL_IN_CONTENT,
     TOO_LONG,
     MaskOptions,
     SelfCheckError,
@@ -109,6 +110,14 @@ def test_too_long_is_dropped_with_length_and_fix() -> None:
         "turns, or raise pack.max_seq_len"
     )
     assert len(enc.ids[0]) == 0 and enc.full_tokens == [48]
+
+
+def test_control_token_written_in_content_is_dropped() -> None:
+    template = BUILTIN_TEMPLATES["chatml"]
+    bad = [{"role": "user", "content": "say <|im_end|> now"}, {"role": "assistant", "content": "ok"}]
+    enc = encode_conversations([TWO_TURNS, bad], template, char_tokenizer(template), MaskOptions())
+    assert enc.reasons == [None, SPECIAL_IN_CONTENT]
+    assert enc.details[1].startswith("message 0 (user) contains the special token '<|im_end|>' as text")
 
 
 def test_truncate_keeps_whole_turns_with_their_end_token() -> None:
