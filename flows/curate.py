@@ -210,7 +210,11 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     keys = {
         s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(), code) for s in cfg.sources
     }
-    with make_task_runner(cfg.runner) as runner:
+    rc = cfg.runner
+    where = "a thread pool" if rc.kind == "thread" else (
+        f"the Dask cluster at {rc.address}" if rc.address else f"a local Dask cluster of {rc.n_workers} worker(s)")
+    logger.info("ingesting %d source(s) in parallel on %s", len(cfg.sources), where)
+    with make_task_runner(rc) as runner:
         futures = []
         for s in cfg.sources:
             fresh = not outputs_intact(run_dir, "ingest", keys[s.name], s.name)

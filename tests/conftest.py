@@ -238,6 +238,10 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
                 time.sleep(0.5)
         yield PrefectServer(url, home, env, proc)
     finally:
+        if "prefect" in sys.modules:  # send buffered flow-run logs while the server still listens
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()
         stop_group(proc)
         log.close()
 
