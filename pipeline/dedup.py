@@ -5,7 +5,8 @@ Rules, in order, each on what the previous left:
   whitespace collapsing. System prompts are left out: they are a template choice, and the same
   demonstration delivered with another system prompt is still the same demonstration.
 - dedup.near: MinHash (pipeline.minhash) of word n-gram shingles of the normalised turns; LSH bands
-  and rows as datasketch chooses them for the threshold (`_optimal_param`, equal weights). Every pair
+  and rows as datasketch chooses them for the threshold (`_optimal_param`), weighted for recall
+  (dedup.lsh_weights). Every pair
   that shares a band is a candidate; with `verify` a candidate counts only if its estimated Jaccard
   (share of equal signature values) reaches the threshold, which removes LSH false positives.
   Verified pairs are joined into clusters (connected components, i.e. union-find), so a chain
@@ -34,7 +35,7 @@ import xxhash
 from pipeline.ledger import ledger_rows, write_ledger_part
 from pipeline.minhash import estimated_jaccard, text_signatures
 from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
-from pipeline.textnorm import dialogue_text, normalize, turns_text
+from pipeline.textnorm import dialogue_text, first_exchange, normalize, turns_text
 from schemas.config_curation import DedupConfig
 from schemas.conversation import TIER_RANK
 
@@ -147,7 +148,7 @@ def _lsh_pairs(sig: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarra
     """Candidate pairs (i < j) of rows that agree on all values of at least one LSH band."""
     from datasketch.lsh import _optimal_param
 
-    bands, rows = _optimal_param(cfg.threshold, cfg.num_perm, 0.5, 0.5)
+    bands, rows = _optimal_param(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
     n = sig.shape[0]
     pairs: list[np.ndarray] = []
     # A band's values are folded into one 64-bit key (a collision merely adds a candidate, which
@@ -223,6 +224,9 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
         normalize(dialogue_text()).alias("exact_text"),
         normalize(turns_text(("user",))).alias("prompt_text"),
         normalize(turns_text(("user", "assistant"), " ")).alias("near_text"),
+        normalize(dialogue_text(first_exchange())).alias("first_text"),
+        normalize(turns_text(("user", "assistant"), " ", first_exchange())).alias("first_near"),
+        pl.col("messages").list.eval(pl.element().struct.field("role") == "assistant").list.sum().alias("exchanges"),
     ).with_row_index("row")
     # rank 0 = the row that wins any group it is in.
     rank = np.empty(n, dtype=np.int64)
@@ -263,8 +267,20 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
                 parent[r], reason[r], alive[r] = lead, f"dedup.{rule}", False
         stats["prior_matches"][rule] = n_prior
 
+    exchanges = keys["exchanges"].to_numpy()
+    opening: dict[int, int] = {}  # single-exchange row -> the longer row whose opening it copies
     if cfg.exact:
         hash_rule("exact", exact_hash, prior.exact, "exact_hash")
+        if cfg.first_exchange:
+            first_hash = _hash_texts(keys["first_text"]).to_list()
+            full_hash = exact_hash.to_list()
+            best: dict[str, int] = {}
+            for r in np.flatnonzero(alive & (exchanges > 1))[np.argsort(rank[alive & (exchanges > 1)])].tolist():
+                best.setdefault(first_hash[r], r)
+            for r in np.flatnonzero(alive & (exchanges == 1)).tolist():
+                k = best.get(full_hash[r])
+                if k is not None:
+                    parent[r], reason[r], alive[r], opening[r] = k, "dedup.exact", False, k
 
     sig = np.zeros((n, cfg.num_perm), dtype=np.uint32)
     if cfg.near or cfg.write_index:
@@ -301,6 +317,24 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
         stats["prior_matches"]["near"] = n_prior
         stats["lsh"] = lsh | {"seconds": round(time.perf_counter() - t_lsh, 3)}
 
+    if cfg.near and cfg.first_exchange:
+        singles = np.flatnonzero(alive & (exchanges == 1))
+        longer = np.flatnonzero(alive & (exchanges > 1))
+        if len(singles) and len(longer):
+            first_sig = _signatures(keys["first_near"].gather(longer), cfg)
+            both = np.vstack([sig[singles], first_sig])
+            ci, cj, _ = _lsh_pairs(both, cfg)
+            cross = (ci < len(singles)) & (cj >= len(singles))
+            ci, cj = ci[cross], cj[cross]
+            est = estimated_jaccard(both, ci, cj)
+            ok = est >= cfg.threshold if cfg.verify else np.ones(len(ci), dtype=bool)
+            for a_, b_, e in sorted(zip(ci[ok].tolist(), cj[ok].tolist(), est[ok].tolist(), strict=True),
+                                    key=lambda x: (x[0], rank[longer[x[1] - len(singles)]])):
+                r, k = int(singles[a_]), int(longer[b_ - len(singles)])
+                if alive[r]:
+                    parent[r], reason[r], alive[r], opening[r], jacc[r] = k, "dedup.near", False, k, e
+            stats["lsh"]["first_exchange_matches"] = int(sum(1 for r in opening if reason[r] == "dedup.near"))
+
     if cfg.prompt:
         hash_rule("prompt", prompt_hash, prior.prompt, "prompt_hash")
 
@@ -331,7 +365,12 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
             details.append(f"{what} of conversation {prior_of[k]}, kept by an earlier run")
         else:
             dup_of.append(cids[k])
-            details.append(f"{what} of {origins[k]}, which was kept: {_why(tiers[k], tiers[r], asst[k], asst[r])}")
+            if r in opening and opening[r] == k:
+                details.append(f"{what} of the first exchange of {origins[k]}, a longer conversation that was kept")
+            else:
+                details.append(
+                    f"{what} of {origins[k]}, which was kept: {_why(tiers[k], tiers[r], asst[k], asst[r])}"
+                )
         reasons.append(rule)
     dropped = df[drop_rows].with_columns(
         pl.Series("reason", reasons, dtype=pl.String),

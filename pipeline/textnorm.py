@@ -21,19 +21,26 @@ def normalize(expr: pl.Expr) -> pl.Expr:
     )
 
 
-def turns_text(roles: tuple[str, ...], sep: str = "\n") -> pl.Expr:
-    """The contents of the turns with one of `roles`, joined per conversation (system left out by default
-    callers: a system prompt is a template choice, not the demonstration)."""
+def turns_text(roles: tuple[str, ...], sep: str = "\n", messages: pl.Expr | None = None) -> pl.Expr:
+    """The contents of the turns with one of `roles`, joined per conversation."""
     role = pl.element().struct.field("role")
     keep = role.is_in(list(roles)) if len(roles) > 1 else role == roles[0]
-    return pl.col("messages").list.eval(pl.element().filter(keep).struct.field("content")).list.join(sep)
+    msgs = pl.col("messages") if messages is None else messages
+    return msgs.list.eval(pl.element().filter(keep).struct.field("content")).list.join(sep)
 
 
-def dialogue_text() -> pl.Expr:
-    """User and assistant turns with role markers, for exact-duplicate hashing."""
+def dialogue_text(messages: pl.Expr | None = None) -> pl.Expr:
+    """User and assistant turns with role markers, for exact-duplicate hashing. System prompts are
+    left out: a system prompt is a template choice, not the demonstration."""
     role = pl.element().struct.field("role")
     tagged = pl.concat_str([pl.lit("<"), role, pl.lit("> "), pl.element().struct.field("content")])
-    return pl.col("messages").list.eval(tagged.filter(role != "system")).list.join("\n")
+    msgs = pl.col("messages") if messages is None else messages
+    return msgs.list.eval(tagged.filter(role != "system")).list.join("\n")
+
+
+def first_exchange() -> pl.Expr:
+    """The messages of the first user turn and its assistant reply (system prompt left out)."""
+    return pl.col("messages").list.eval(pl.element().filter(pl.element().struct.field("role") != "system")).list.head(2)
 
 
 def words(texts: pl.Series) -> pl.Series:
@@ -96,14 +103,12 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(33))
 
 
-def fold_word_ngrams(texts: pl.Series, n: int, *, bits: int = 32, short: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Hash of every word n-gram of every normalised text, without building n-gram strings: each
-    distinct word is hashed once (xxh32, or xxh3-64 for bits=64), then h = fmix((h * 31 + w_i)) is
-    folded over the n words from WORD_SEED. Returns (hashes, document index), in document order.
-    With `short`, a text with 1..n-1 words gives one hash of all its words (as word_ngrams does)."""
+def word_hashes(texts: pl.Series, bits: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hash of every word of every normalised text, flat in document order (each distinct word is
+    hashed once: xxh32, or xxh3-64 for bits=64); also each text's word count and each word's length."""
     import xxhash
 
-    dtype, fmix = (np.uint32, fmix32) if bits == 32 else (np.uint64, fmix64)
+    dtype = np.uint32 if bits == 32 else np.uint64
     word_hash = xxhash.xxh32_intdigest if bits == 32 else xxhash.xxh3_64_intdigest
     w = words(texts).fill_null([])
     lens = w.list.len().to_numpy().astype(np.int64)
@@ -113,6 +118,14 @@ def fold_word_ngrams(texts: pl.Series, n: int, *, bits: int = 32, short: bool = 
     pl_dtype = pl.UInt32 if bits == 32 else pl.UInt64
     fh = flat.join(uniq.with_columns(pl.Series("h", wh, dtype=pl_dtype)), on="w", how="left",
                    maintain_order="left")["h"].to_numpy()
+    return fh, lens, flat["w"].str.len_chars().to_numpy()
+
+
+def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) -> tuple[np.ndarray, ...]:
+    """n-gram hashes from flat word hashes (see fold_word_ngrams); returns (hashes, document index,
+    start position of each n-gram in the flat word column)."""
+    dtype = fh.dtype.type
+    fmix = fmix32 if dtype is np.uint32 else fmix64
     total = len(fh)
     starts = np.zeros(len(lens), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
@@ -128,4 +141,15 @@ def fold_word_ngrams(texts: pl.Series, n: int, *, bits: int = 32, short: bool = 
         step = fmix(h * dtype(31) + padded[i : i + total])
         # An n-gram of a short document stops folding after its last word.
         h = np.where(i < width, step, h)
-    return h[keep], doc[keep]
+    sel = np.flatnonzero(keep)
+    return h[sel], doc[sel], sel
+
+
+def fold_word_ngrams(texts: pl.Series, n: int, *, bits: int = 32, short: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Hash of every word n-gram of every normalised text, without building n-gram strings: each
+    distinct word is hashed once (xxh32, or xxh3-64 for bits=64), then h = fmix(h * 31 + w_i) is
+    folded over the n words from WORD_SEED. Returns (hashes, document index), in document order.
+    With `short`, a text with 1..n-1 words gives one hash of all its words (as word_ngrams does)."""
+    fh, lens, _ = word_hashes(texts, bits)
+    h, doc, _ = fold_ngrams(fh, lens, n, short)
+    return h, doc

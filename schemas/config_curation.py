@@ -18,6 +18,11 @@ class DedupConfig(BaseModel):
     enabled: bool = Field(default=True, description="run the dedup stage at all")
     exact: bool = Field(default=True, description="drop copies whose normalised conversation text is equal")
     near: bool = Field(default=True, description="drop near copies found by MinHash LSH")
+    first_exchange: bool = Field(
+        default=True,
+        description="a one-exchange conversation that copies (exactly or nearly) the first exchange of a "
+        "longer conversation is a copy of it; the longer one is kept, as it holds everything the copy does",
+    )
     prompt: bool = Field(
         default=False,
         description="also drop conversations whose normalised user turns equal another's "
@@ -39,6 +44,13 @@ class DedupConfig(BaseModel):
         description="32-bit shingle hash. word_xxh32 (fastest: folds per-word xxh32 hashes without building "
         "shingle strings), sha1 (datasketch's default sha1_hash32) or xxh32 (of the shingle bytes). "
         "Signatures equal datasketch's MinHash(hashfunc=pipeline.minhash.HASHES[hash]) in every case",
+    )
+    lsh_weights: tuple[float, float] = Field(
+        default=(0.05, 0.95),
+        description="(false positive, false negative) weights for datasketch's choice of LSH bands and rows. "
+        "Candidates are verified, so missing a pair costs more than checking one: at 0.8 and 128 "
+        "permutations (0.05, 0.95) gives 16 bands x 8 rows (a pair at Jaccard 0.85 is a candidate with "
+        "p = 0.994), where datasketch's default (0.5, 0.5) gives 9 x 13 (p = 0.69)",
     )
     verify: bool = Field(
         default=True,
@@ -64,6 +76,8 @@ class DedupConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DedupConfig:
+        if min(self.lsh_weights) < 0 or abs(sum(self.lsh_weights) - 1.0) > 1e-6:
+            raise ValueError(f"dedup.lsh_weights: two non-negative weights summing to 1, got {self.lsh_weights}")
         if self.scheme == "legacy" and self.num_perm > 512:
             raise ValueError("dedup.num_perm: legacy scheme supports at most 512 permutations here")
         return self
@@ -141,8 +155,8 @@ class QualityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(default=True, description="run the quality stage at all")
     filters: list[str] = Field(
-        default_factory=lambda: ["empty", "echo", "length", "repetition", "refusal", "language", "pii",
-                                 "contamination"],
+        default_factory=lambda: ["empty", "echo", "length", "repetition", "refusal", "language",
+                                 "contamination", "pii"],
         description="names from pipeline.quality.FILTERS to run, in this order",
     )
     # echo
@@ -156,20 +170,32 @@ class QualityConfig(BaseModel):
     min_conversation_words: int = Field(default=2, ge=0, description="fewest words of a conversation")
     max_conversation_chars: int = Field(default=40_000, ge=1, description="most characters of a conversation")
     max_conversation_words: int = Field(default=8_000, ge=1, description="most words of a conversation")
-    # repetition (Gopher, Rae et al. 2021, table A1), over each assistant turn
+    # repetition (Gopher, Rae et al. 2021, table A1), over each assistant turn. Gopher's n-gram
+    # limits (top 2/3/4-gram 0.20/0.18/0.16, duplicate 5-gram 0.15) were set for web documents of
+    # thousands of words; in replies of 20-300 words one phrase said twice already reaches them (on
+    # the c20k corpus the 99.9th percentile of clean replies is about 0.19), so those are raised.
+    # A reply that really loops (a sentence said again and again) scores near 1.0 on all of them.
     repetition_min_words: int = Field(
         default=20, ge=1, description="shorter assistant turns are not checked for repetition"
     )
     max_dup_line_frac: float = Field(default=0.3, ge=0, le=1, description="share of lines that are repeats")
-    max_top_2gram_frac: float = Field(default=0.20, ge=0, le=1, description="chars in the most common 2-gram")
-    max_top_3gram_frac: float = Field(default=0.18, ge=0, le=1, description="chars in the most common 3-gram")
-    max_top_4gram_frac: float = Field(default=0.16, ge=0, le=1, description="chars in the most common 4-gram")
-    max_dup_5gram_frac: float = Field(default=0.15, ge=0, le=1, description="chars in repeated 5-grams")
-    max_dup_10gram_frac: float = Field(default=0.10, ge=0, le=1, description="chars in repeated 10-grams")
+    max_top_2gram_frac: float = Field(default=0.30, ge=0, description="chars in the most common 2-gram")
+    max_top_3gram_frac: float = Field(default=0.28, ge=0, description="chars in the most common 3-gram")
+    max_top_4gram_frac: float = Field(default=0.26, ge=0, description="chars in the most common 4-gram")
+    max_dup_5gram_frac: float = Field(default=0.30, ge=0, le=1, description="chars in repeated 5-grams")
+    max_dup_10gram_frac: float = Field(default=0.10, ge=0, le=1, description="chars in repeated 10-grams (Gopher)")
     # refusal
     refusal_patterns: list[str] = Field(
         default_factory=list,
         description="extra case-insensitive regexes counted as refusal / AI boilerplate (added to the built-in list)",
+    )
+    refusal_min_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        lt=1.0,
+        description="drop when more than this share of an assistant turn's characters is in sentences with "
+        "refusal / AI-boilerplate phrases (0: any such sentence drops). A reply that is mostly a refusal "
+        "teaches refusing; one stray disclaimer in a substantive answer is left to the score",
     )
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)

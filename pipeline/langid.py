@@ -1,0 +1,84 @@
+"""Language of text turns: langdetect with a fixed seed, made fast enough for a whole run.
+
+langdetect costs about a millisecond per call, so a turn is only sent to it when it must be:
+- turns with fewer than `min_chars` letters abstain (None): too short to tell;
+- with `precheck`, plain-ASCII text in which English function words make up a large share of the
+  words is labelled "en" directly (bench/bench_curation.py measures how often this agrees with
+  langdetect on the full text);
+- langdetect reads at most `max_chars` characters;
+- results are cached by a hash of the text read, per process.
+`DetectorFactory.seed = 0` makes langdetect's sampling repeatable, so labels are the same every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import xxhash
+
+from schemas.config_curation import LanguageConfig
+
+#: English function words and instruction verbs that are not also common words of the languages
+#: langdetect most often confuses with English (so no "in", "a", "was", "die", "on", "do", "so").
+_EN_WORDS = (
+    "the|and|of|to|is|that|for|with|are|this|you|it|be|have|not|by|from|at|can|your|which|their|they|we|"
+    "has|what|how|why|would|should|there|these|its|if|but|been|will|more|about|than|them|when|who|an|"
+    "write|describe|explain|generate|given|create|give|make|list|provide|following|some|my|me|our|"
+    "could|into|each|other|also|many|most|way|people|new|time|like|just|because|do|does|any"
+)
+_EN_RE = rf"(?i)\b(?:{_EN_WORDS})\b"
+PRECHECK_MIN_WORDS = 4
+PRECHECK_MIN_SHARE = 0.15
+#: Accented letters above this share of all letters send the text to langdetect (quotes and
+#: dashes are not letters and do not count).
+PRECHECK_MAX_NON_ASCII_LETTERS = 0.005
+
+_cache: dict[bytes, str | None] = {}
+
+
+def _detector():
+    try:
+        from langdetect import DetectorFactory, detect
+    except ImportError as e:  # pragma: no cover - langdetect is a dependency
+        raise ImportError("language filtering needs langdetect: pip install langdetect==1.0.9") from e
+    DetectorFactory.seed = 0
+    return detect
+
+
+def detect_text(text: str) -> str | None:
+    """Plain langdetect on the text as given (None when it cannot tell)."""
+    from langdetect.lang_detect_exception import LangDetectException
+
+    detect = _detector()
+    try:
+        return detect(text)
+    except LangDetectException:
+        return None
+
+
+def detect_turns(texts: pl.Series, cfg: LanguageConfig) -> tuple[pl.Series, np.ndarray]:
+    """Language label of each text (None = abstain) and its number of letters."""
+    feats = pl.DataFrame({"t": texts}).select(
+        pl.col("t").str.count_matches(r"\p{L}").fill_null(0).alias("letters"),
+        pl.col("t").str.count_matches(r"[\p{L}&&[^\x00-\x7F]]").fill_null(0).alias("non_ascii"),
+        pl.col("t").str.count_matches(r"\w+").fill_null(0).alias("words"),
+        pl.col("t").str.count_matches(_EN_RE).fill_null(0).alias("en_words"),
+    )
+    letters = feats["letters"].to_numpy()
+    labels: list[str | None] = [None] * texts.len()
+    precheck = (
+        (feats["non_ascii"].to_numpy() <= PRECHECK_MAX_NON_ASCII_LETTERS * letters)
+        & (feats["words"].to_numpy() >= PRECHECK_MIN_WORDS)
+        & (feats["en_words"].to_numpy() >= PRECHECK_MIN_SHARE * feats["words"].to_numpy())
+    ) if cfg.precheck else np.zeros(texts.len(), dtype=bool)
+    values = texts.to_list()
+    for i in np.flatnonzero(letters >= cfg.min_chars).tolist():
+        if precheck[i]:
+            labels[i] = "en"
+            continue
+        head = values[i][: cfg.max_chars]
+        key = xxhash.xxh3_128_digest(head.encode())
+        if key not in _cache:
+            _cache[key] = detect_text(head)
+        labels[i] = _cache[key]
+    return pl.Series(labels, dtype=pl.String), letters
