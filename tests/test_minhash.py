@@ -1,0 +1,80 @@
+"""Vectorised MinHash signatures equal datasketch's MinHash bit for bit."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import polars as pl
+import pytest
+from datasketch import MinHash
+
+from pipeline.minhash import HASHES, estimated_jaccard, shingles, signatures_from_hashes, text_signatures
+from pipeline.textnorm import fold_word_ngrams, word_ngrams
+
+WORDS = ["the", "a", "of", "model", "data", "river", "stone", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "énorme", "数据", "x1", "y_2"]
+
+
+def _docs(n: int, seed: int = 0) -> list[str]:
+    rnd = random.Random(seed)
+    docs = [" ".join(rnd.choices(WORDS, k=rnd.randint(0, 60))) for _ in range(n)]
+    return docs + ["", "one", "two words", "exactly five words in here"]
+
+
+@pytest.mark.parametrize("hash_name", sorted(HASHES))
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_signatures_equal_datasketch(hash_name: str, scheme: str) -> None:
+    docs = _docs(150)
+    ours = text_signatures(pl.Series(docs), ngram=5, num_perm=64, seed=3, scheme=scheme, hash=hash_name)
+    for i, doc in enumerate(docs):
+        ref = MinHash(num_perm=64, seed=3, scheme=scheme, hashfunc=HASHES[hash_name])
+        ref.update_batch(shingles(doc, 5))
+        assert np.array_equal(ref.hashvalues.astype(np.uint32), ours[i]), (i, doc)
+
+
+def test_sha1_default_hash_matches_datasketch_default() -> None:
+    """With hash=sha1 no hashfunc needs passing: datasketch's default sha1_hash32 is the same."""
+    docs = _docs(40, seed=1)
+    ours = text_signatures(pl.Series(docs), hash="sha1")
+    ref = MinHash.bulk([shingles(d) for d in docs], num_perm=128)
+    assert np.array_equal(np.stack([m.hashvalues for m in ref]).astype(np.uint32), ours)
+
+
+def test_word_hash_fold_matches_scalar_on_shingle_bytes() -> None:
+    docs = pl.Series(_docs(30, seed=2))
+    grams, doc = word_ngrams(docs, 5)
+    folded, doc2 = fold_word_ngrams(docs, 5)
+    assert np.array_equal(doc, doc2)
+    assert [HASHES["word_xxh32"](g.encode()) for g in grams] == folded.tolist()
+
+
+def test_shingles_short_and_empty_documents() -> None:
+    assert shingles("", 5) == []
+    assert shingles("a b", 5) == [b"a b"]
+    assert shingles("a b c d e f", 5) == [b"a b c d e", b"b c d e f"]
+    sig = text_signatures(pl.Series(["", "a b"]))
+    assert (sig[0] == 0xFFFFFFFF).all() and not (sig[1] == 0xFFFFFFFF).all()
+
+
+def test_batches_do_not_change_signatures() -> None:
+    docs = _docs(60, seed=4)
+    whole = text_signatures(pl.Series(docs))
+    halves = np.vstack([text_signatures(pl.Series(docs[:25])), text_signatures(pl.Series(docs[25:]))])
+    assert np.array_equal(whole, halves)
+
+
+def test_signatures_from_hashes_empty_docs_between() -> None:
+    sig = signatures_from_hashes(np.array([5, 7], dtype=np.uint32), np.array([1, 1]), 3, num_perm=16)
+    assert (sig[0] == 0xFFFFFFFF).all() and (sig[2] == 0xFFFFFFFF).all()
+    ref = MinHash(num_perm=16, hashfunc=lambda b: int(b))
+    ref.update_batch([b"5", b"7"])
+    assert np.array_equal(ref.hashvalues.astype(np.uint32), sig[1])
+
+
+def test_estimated_jaccard_tracks_true_jaccard() -> None:
+    base = [f"w{i}" for i in range(400)]
+    other = base[:300] + [f"v{i}" for i in range(100)]
+    sig = text_signatures(pl.Series([" ".join(base), " ".join(other), " ".join(base)]), num_perm=256)
+    est = estimated_jaccard(sig, np.array([0, 0]), np.array([1, 2]))
+    true = 296 / (396 + 100)  # shared 5-grams / union of 5-grams
+    assert abs(est[0] - true) < 0.1 and est[1] == 1.0
