@@ -63,6 +63,7 @@ class _PartWriter:
     def __init__(self, out_dir: Path, source: SourceConfig, chunk_rows: int, chunk_chars: int = 64 << 20):
         self.out_dir, self.source, self.chunk_rows, self.chunk_chars = out_dir, source, chunk_rows, chunk_chars
         self.parts: list[Path] = []
+        self.rows_written = 0
         out_dir.mkdir(parents=True, exist_ok=True)
         self._reset()
 
@@ -111,6 +112,7 @@ class _PartWriter:
         pq.write_table(table, tmp)
         tmp.replace(path)
         self.parts.append(path)
+        self.rows_written += table.num_rows
 
 
 class _Rejects:
@@ -149,7 +151,12 @@ class _Rejects:
         self._writer.write_table(pa.table({c: cols[c] for c in QUARANTINE_SCHEMA.names}, schema=QUARANTINE_SCHEMA))
         self._q = {k: [] for k in self._q}
 
-    def close(self, run_dir: Path) -> Path:
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def close(self, run_dir: Path) -> int:
+        """Finish the quarantine file, write the ledger part; return how many ledger rows it holds."""
         if self._q["origin"]:
             self._flush()
         self._writer.close()
@@ -163,7 +170,9 @@ class _Rejects:
                         reason=pl.col("reason"), detail=pl.col("detail"))
             for o in ("quarantined", "dropped")
         ]
-        return write_ledger_part(run_dir, f"ingest-{s.name}", pl.concat(parts))
+        rows = pl.concat(parts)
+        write_ledger_part(run_dir, f"ingest-{s.name}", rows)
+        return rows.height
 
 
 def _located_items(files: list[Path], root: Path) -> Iterator[tuple[str, RawItem]]:
@@ -191,6 +200,38 @@ def resolve_format(source: SourceConfig, peek: list[RawItem] | None = None) -> s
     )
 
 
+def _convert(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfig, parts: _PartWriter,
+             rejects: _Rejects) -> int:
+    """Send every record to the kept parts or to the rejects; return how many records were read."""
+    name, read = source.name, 0
+    if fmt == "oasst":
+        located = (RawItem(prefix + item.locator, item.value, item.raw, item.error) for prefix, item in items)
+        for o in assemble(located, source.oasst_paths):
+            read += 1
+            origin = f"{name}:{o.locator}"
+            if o.outcome == "kept":
+                parts.add(origin, o.messages, None, o.original_id)
+            elif o.outcome == "quarantined":
+                rejects.quarantine(origin, o.code, o.detail, o.raw)
+            else:
+                rejects.drop(origin, o.code, o.detail)
+        return read
+    transform = TRANSFORMS[fmt]
+    for prefix, item in items:
+        read += 1
+        origin = f"{name}:{prefix}{item.locator}"
+        if item.error is not None:
+            rejects.quarantine(origin, item.error.code, item.error.message, item.raw)
+            continue
+        try:
+            messages, category, original_id = transform(item.value, source)
+        except RecordError as e:
+            rejects.quarantine(origin, e.code, e.message, item.raw if item.raw is not None else item.value)
+            continue
+        parts.add(origin, messages, category, original_id)
+    return read
+
+
 def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000) -> dict:
     """Read one source into the run directory; return its stats (see module docstring for outputs).
 
@@ -211,42 +252,18 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         stale.unlink()
     parts = _PartWriter(out_dir, source, chunk_rows)
     rejects = _Rejects(rd.quarantine / f"{source.name}.parquet", source)
-    name = source.name
-    read = kept = 0
-
-    if fmt == "oasst":
-        located = ((RawItem(prefix + item.locator, item.value, item.raw, item.error)) for prefix, item in items)
-        for o in assemble(located, source.oasst_paths):
-            read += 1
-            origin = f"{name}:{o.locator}"
-            if o.outcome == "kept":
-                kept += 1
-                parts.add(origin, o.messages, None, o.original_id)
-            elif o.outcome == "quarantined":
-                rejects.quarantine(origin, o.code, o.detail, o.raw)
-            else:
-                rejects.drop(origin, o.code, o.detail)
-    else:
-        transform = TRANSFORMS[fmt]
-        for prefix, item in items:
-            read += 1
-            origin = f"{name}:{prefix}{item.locator}"
-            if item.error is not None:
-                rejects.quarantine(origin, item.error.code, item.error.message, item.raw)
-                continue
-            try:
-                messages, category, original_id = transform(item.value, source)
-            except RecordError as e:
-                rejects.quarantine(origin, e.code, e.message, item.raw if item.raw is not None else item.value)
-                continue
-            kept += 1
-            parts.add(origin, messages, category, original_id)
-
+    try:
+        read = _convert(items, fmt, source, parts, rejects)
+    except BaseException:
+        rejects.abort()  # e.g. a later file of a directory is unreadable: leave no half-written quarantine
+        raise
     parts.flush()
-    rejects.close(rd.root)
-    if read != kept + rejects.quarantined + rejects.dropped:
-        raise LedgerImbalance(f"ingest {name}: read {read} != kept {kept} + quarantined {rejects.quarantined} "
-                              f"+ dropped {rejects.dropped}")
+    ledger_written = rejects.close(rd.root)
+    # Counted from what was written, not from the loop: a lost record shows up here.
+    if read != parts.rows_written + ledger_written:
+        raise LedgerImbalance(f"ingest {source.name}: read {read} records but wrote {parts.rows_written} kept + "
+                              f"{ledger_written} ledger rows")
+    name, kept = source.name, parts.rows_written
     stats = {
         "source": name,
         "tier": str(source.tier.value),

@@ -323,3 +323,12 @@ def test_empty_instruction_with_an_input_is_empty_content_naming_the_field(tmp_p
     errors = dict(pl.read_parquet(tmp_path / "run" / "quarantine" / "s.parquet").select("origin", "errors").iter_rows())
     assert errors == {"s:1": "field 'instruction' is empty or whitespace only",
                       "s:2": "field 'output' is empty or whitespace only"}
+
+
+def test_unreadable_file_inside_a_directory_fails_cleanly(tmp_path):
+    d = tmp_path / "src"
+    write_jsonl(d / "a.jsonl", [{"instruction": "Q", "output": "A"}] * 1200)  # past the format-detection window
+    (d / "b.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(SourceError, match="b.parquet"):
+        ingest_source(SourceConfig(name="s", path=d, format="alpaca", tier="expert"), tmp_path / "run")
+    assert not [p for p in (tmp_path / "run" / "quarantine").iterdir() if p.name.endswith(".tmp")]
