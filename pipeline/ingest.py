@@ -195,7 +195,7 @@ def resolve_format(source: SourceConfig, peek: list[RawItem] | None = None) -> s
             return fmt
     raise SourceError(
         f"{source.path}: cannot tell the format of source {source.name!r} from its first records; "
-        "set format = \"alpaca\" | \"dolly\" | \"sharegpt\" | \"openai\" | \"oasst\" | \"prompt_completion\" "
+        "set format = \"alpaca\" | \"dolly\" | \"sharegpt\" | \"openai\" | \"oasst\" | \"prompt_completion\" | \"flan\" "
         "in its [[sources]] entry"
     )
 

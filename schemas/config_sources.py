@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.conversation import Tier
 
-SourceFormat = Literal["alpaca", "dolly", "sharegpt", "openai", "oasst", "prompt_completion"]
+#: "flan" is prompt_completion read from FLAN's inputs/targets keys (prompt_completion finds them too).
+SourceFormat = Literal["alpaca", "dolly", "sharegpt", "openai", "oasst", "prompt_completion", "flan"]
 
 
 class SourceConfig(BaseModel):

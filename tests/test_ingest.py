@@ -332,3 +332,11 @@ def test_unreadable_file_inside_a_directory_fails_cleanly(tmp_path):
     with pytest.raises(SourceError, match="b.parquet"):
         ingest_source(SourceConfig(name="s", path=d, format="alpaca", tier="expert"), tmp_path / "run")
     assert not [p for p in (tmp_path / "run" / "quarantine").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_flan_format_reads_inputs_and_targets(tmp_path):
+    path = write_jsonl(tmp_path / "f.jsonl", [{"inputs": "Is the sky blue?", "targets": "yes"}, {"inputs": "Q"}])
+    _, kept, q, _ = ingest(tmp_path, path, "flan")
+    assert msgs(kept, "s:1") == [("user", "Is the sky blue?"), ("assistant", "yes")]
+    assert q == {"s:2": "schema.missing_field"}
+    assert "'targets' is missing" in pl.read_parquet(tmp_path / "run" / "quarantine" / "s.parquet")["errors"].item()

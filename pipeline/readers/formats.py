@@ -182,6 +182,7 @@ TRANSFORMS: dict[str, Transform] = {
     "sharegpt": sharegpt,
     "openai": openai,
     "prompt_completion": prompt_completion,
+    "flan": prompt_completion,
 }
 
 
