@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +68,10 @@ def _settings_key(template: ChatTemplate, cfg: Any) -> str:
 
 
 def resolve_tokenizer(
-    run_dir: Path, cfg: Any, template: ChatTemplate, texts: list[str], conversation_ids: pl.Series,
+    run_dir: Path, cfg: Any, template: ChatTemplate, texts: Callable[[], list[str]], conversation_ids: pl.Series,
     *, pin: bool = False,
 ) -> tuple[Tokenizer, dict]:
-    """The run's tokenizer: the given one, or the embedded BPE (trained on `texts`, cached).
+    """The run's tokenizer: the given one, or the embedded BPE (trained on `texts()`, cached).
 
     count_tokens (pin=True) records which tokenizer it trained and on which conversations; a later
     run_tokenize whose conversations are all among those reuses it, so the token counts the mix stage
@@ -92,10 +92,11 @@ def resolve_tokenizer(
                 tok = Tokenizer.from_file(str(cached))
                 info.update(kind="trained", key=meta["key"], cache_hit=True, trained_on="mix candidates")
         if tok is None:
+            corpus = texts()
             tok, key, hit = cached_bpe(
-                texts, template, _cache_dir(run_dir, cfg), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency
+                corpus, template, _cache_dir(run_dir, cfg), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency
             )
-            info.update(kind="trained", key=key, cache_hit=hit, trained_on=f"{len(texts)} conversations")
+            info.update(kind="trained", key=key, cache_hit=hit, trained_on=f"{len(corpus)} conversations")
             if pin:
                 atomic_write_parquet(conversation_ids.unique().sort().to_frame("conversation_id"), pin_ids)
                 atomic_write_json(pin_json, {"key": key, "settings": settings})
@@ -125,7 +126,7 @@ def count_tokens(df: pl.DataFrame, run_dir: str | Path, cfg: Any) -> pl.Series:
     if not msgs:
         return pl.Series("n_tokens", [], dtype=pl.Int64)
     texts = [template.render(m).text for m in msgs]
-    tok, _ = resolve_tokenizer(run_dir, cfg, template, texts, df.get_column("conversation_id"), pin=True)
+    tok, _ = resolve_tokenizer(run_dir, cfg, template, lambda: texts, df.get_column("conversation_id"), pin=True)
     counts: list[int] = []
     bs = cfg.tokenizer.batch_size
     for i in range(0, len(texts), bs):
@@ -241,7 +242,7 @@ def run_tokenize(run_dir: str | Path, cfg: Any) -> dict:
     opts = _mask_options(cfg)
     msgs = _messages(df)
     tok, tok_info = resolve_tokenizer(
-        run_dir, cfg, template, [template.render(m).text for m in msgs], df.get_column("conversation_id")
+        run_dir, cfg, template, lambda: [template.render(m).text for m in msgs], df.get_column("conversation_id")
     )
     enc = encode_conversations(msgs, template, tok, opts, cfg.tokenizer.batch_size)
     checked = _self_check(df, enc, template, tok, opts, cfg)
