@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ import xxhash
 
 from pipeline.ledger import ledger_rows, write_ledger_part
 from pipeline.minhash import estimated_jaccard, text_signatures
+from pipeline.procpool import pool_map
 from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
 from pipeline.textnorm import dialogue_text, first_exchange, normalize, turns_text
 from schemas.config_curation import DedupConfig
@@ -130,12 +129,11 @@ def _signatures(texts: pl.Series, cfg: DedupConfig) -> np.ndarray:
     n = texts.len()
     if cfg.workers <= 1 or n < _SIG_PARALLEL_MIN_ROWS:
         return text_signatures(texts, **kw)
-    # Shingle hashing is a Python call per shingle: worth spreading over processes (spawned, since
-    # polars' thread pool does not survive fork).
+    # Word hashing is a Python call per distinct word and the permutations are heavy numpy work:
+    # worth spreading over processes.
     step = max(cfg.batch_rows, -(-n // cfg.workers))
     chunks = [texts.slice(s, step) for s in range(0, n, step)]
-    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(chunks)), mp_context=get_context("spawn")) as ex:
-        parts = list(ex.map(_sig_worker, [(c.to_list(), kw) for c in chunks]))
+    parts = pool_map(_sig_worker, [(c.to_list(), kw) for c in chunks], cfg.workers)
     return np.vstack(parts)
 
 
@@ -191,6 +189,8 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def _group_survivors(groups: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """For each row, the row of its group that has the smallest rank (ranks are unique)."""
+    if len(groups) == 0:
+        return np.zeros(0, dtype=np.int64)
     order = np.lexsort((rank, groups))
     g_sorted = groups[order]
     first = np.concatenate([[True], g_sorted[1:] != g_sorted[:-1]])

@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.canonical import CANONICAL_SCHEMA
 from pipeline.ledger import LedgerImbalance, ledger_rows, write_ledger_part
-from pipeline.readers.files import RawItem, RecordError, SourceError, data_files, iter_file
+from pipeline.readers.files import RawItem, RecordError, SourceError, data_files, iter_file, to_json_text
 from pipeline.readers.formats import TRANSFORMS, detect_format
 from pipeline.readers.oasst import assemble
 from pipeline.rundir import RunDir, atomic_write_json
@@ -54,7 +53,7 @@ def _raw_text(raw: Any) -> str:
         return raw.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
     if isinstance(raw, str):
         return raw
-    return orjson.dumps(raw, default=str).decode("utf-8", "backslashreplace")
+    return to_json_text(raw)
 
 
 class _PartWriter:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import polars as pl
 
 from pipeline.canonical import MESSAGE
 from pipeline.ledger import ledger_rows, write_ledger_part
+from pipeline.procpool import pool_map
 from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
 from pipeline.textnorm import fold_ngrams, normalize, word_hashes
 from schemas.config_curation import ContaminationConfig, QualityConfig
@@ -457,11 +456,7 @@ def run_quality(in_paths: list[Path], run_dir: Path, cfg: QualityConfig, rows_pe
         for off in range(0, max(rows, 1), rows_per_task):
             out = out_dir / f"part-{len(tasks):05d}.parquet"
             tasks.append((str(p), off, rows_per_task, str(out), run_cfg.model_dump_json()))
-    if run_cfg.workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(min(run_cfg.workers, len(tasks)), mp_context=get_context("spawn")) as ex:
-            results = list(ex.map(_task, tasks))
-    else:
-        results = [_task(t) for t in tasks]
+    results = pool_map(_task, tasks, run_cfg.workers)
     drops = pl.concat([r[0] for r in results]) if results else pl.DataFrame(
         schema={"origin": pl.String, "source": pl.String, "tier": pl.String, "conversation_id": pl.String,
                 "reason": pl.String, "detail": pl.String})

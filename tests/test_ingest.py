@@ -340,3 +340,14 @@ def test_flan_format_reads_inputs_and_targets(tmp_path):
     assert msgs(kept, "s:1") == [("user", "Is the sky blue?"), ("assistant", "yes")]
     assert q == {"s:2": "schema.missing_field"}
     assert "'targets' is missing" in pl.read_parquet(tmp_path / "run" / "quarantine" / "s.parquet")["errors"].item()
+
+
+def test_json_array_with_huge_numbers_reads_on(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('[123456789012345678901234567890, {"instruction": 1e400, "output": "x"}, '
+                    '{"instruction": "ok", "output": "y", "n": 99999999999999999999999}]')
+    _, kept, q, _ = ingest(tmp_path, path, "alpaca")
+    assert q == {"s:0": "schema.wrong_type", "s:1": "schema.wrong_type"} and list(kept["origin"]) == ["s:2"]
+    errors = dict(pl.read_parquet(tmp_path / "run" / "quarantine" / "s.parquet").select("origin", "errors").iter_rows())
+    assert errors["s:0"] == "record: expected a JSON object, got integer"
+    assert "'instruction'" in errors["s:1"] and "got number" in errors["s:1"]

@@ -17,8 +17,8 @@ from schemas.config_sources import SourceConfig
 FORMATS = ["alpaca", "dolly", "sharegpt", "openai", "oasst", "prompt_completion"]
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-json_scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False) | \
-    st.text(max_size=8)
+json_scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.integers() | \
+    st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.text(max_size=5), inner, max_size=3), max_leaves=8)
 

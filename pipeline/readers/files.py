@@ -8,6 +8,7 @@ be decoded — a `RecordError`. Nothing here knows about source formats.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,9 +169,17 @@ def restore_bad_bytes(text: str) -> str:
     return _BAD_CHARS.sub(lambda m: f"\\x{ord(m.group()) - _BAD_BYTE_BASE:02x}", text)
 
 
+def to_json_text(value: Any) -> str:
+    """A decoded value back as JSON text (for quarantine), whatever it holds (Decimal, ints over 64 bits)."""
+    try:
+        return orjson.dumps(value, default=str).decode("utf-8")
+    except TypeError:  # orjson refuses integers beyond 64 bits
+        return json.dumps(value, default=str, ensure_ascii=False)
+
+
 def has_bad_bytes(value: Any) -> bool:
     """Whether a decoded value holds a marker of an invalid UTF-8 byte anywhere in its strings or keys."""
-    return bool(_BAD_CHARS.search(orjson.dumps(value).decode("utf-8")))
+    return bool(_BAD_CHARS.search(to_json_text(value)))
 
 
 def _first_byte(path: Path) -> bytes:
@@ -225,9 +234,10 @@ def iter_json(path: Path) -> Iterator[RawItem]:
         guard = _Utf8Guard(fh)
         index = 0
         try:
-            for value in ijson.items(guard, "item", use_float=True):
+            # Non-integers come as Decimal: with use_float, a valid 1e400 would break the whole array.
+            for value in ijson.items(guard, "item"):
                 if guard.saw_invalid and has_bad_bytes(value):
-                    raw = restore_bad_bytes(orjson.dumps(value).decode("utf-8"))
+                    raw = restore_bad_bytes(to_json_text(value))
                     yield RawItem(str(index), raw=raw, error=RecordError(
                         "schema.invalid_utf8", "record: holds invalid UTF-8 byte(s) (shown as \\xNN in raw)"))
                 else:

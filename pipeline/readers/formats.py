@@ -9,6 +9,7 @@ single records; they are assembled into trees in `pipeline.readers.oasst`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -44,9 +45,8 @@ PLACEHOLDER_INPUTS = frozenset({"", "noinput", "no input", "<noinput>", "<no inp
 
 
 def _type_name(v: Any) -> str:
-    return {dict: "object", list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
-        type(v), type(v).__name__
-    )
+    return {dict: "object", list: "array", str: "string", type(None): "null", bool: "boolean", int: "integer",
+            float: "number", Decimal: "number"}.get(type(v), type(v).__name__)
 
 
 def _short(v: Any, n: int = 60) -> str:

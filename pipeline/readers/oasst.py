@@ -31,7 +31,7 @@ import orjson
 
 from schemas.records import OasstMessage
 
-from .files import RawItem, RecordError
+from .files import RawItem, RecordError, to_json_text
 from .formats import Messages, finish, parse
 
 ROLES = {"prompter": "user", "assistant": "assistant"}
@@ -92,13 +92,13 @@ def assemble(items: Iterable[RawItem], mode: Literal["best", "all"] = "best") ->
         except RecordError as e:
             bad_locators.add(item.locator)
             yield Outcome("quarantined", item.locator, code=e.code, detail=e.message,
-                          raw=item.raw if item.raw is not None else orjson.dumps(item.value, default=str))
+                          raw=item.raw if item.raw is not None else to_json_text(item.value))
             continue
         if row.message_id in rows:
             bad_locators.add(item.locator)
             yield Outcome("quarantined", item.locator, code="schema.duplicate_id",
                           detail=f"field 'message_id': {row.message_id!r} already appeared earlier in the file",
-                          raw=item.raw if item.raw is not None else orjson.dumps(item.value, default=str))
+                          raw=item.raw if item.raw is not None else to_json_text(item.value))
             continue
         rows[row.message_id] = row
 
