@@ -37,7 +37,7 @@ def sha1_hash32(data: bytes) -> int:
 
 
 def _mix32(h: int) -> int:
-    """fmix32 on a Python int (the scalar twin of _fmix32)."""
+    """fmix32 on a Python int (the scalar twin of textnorm.fmix)."""
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & 0xFFFFFFFF
     h ^= h >> 13

@@ -85,22 +85,28 @@ def word_ngrams(texts: pl.Series, n: int, short: bool = True) -> tuple[pl.Series
 WORD_SEED = 0x9747B28C
 
 
+#: MurmurHash3 finaliser constants per width: (shift, multiplier, shift, multiplier, shift).
+_FMIX = {
+    32: (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16),
+    64: (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33),
+}
+
+
+def fmix(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's finaliser for uint32 or uint64 arrays (uint32 is also what datasketch applies
+    before affine32 permutations); multiplication wraps, as intended."""
+    t = h.dtype.type
+    s1, m1, s2, m2, s3 = (t(c) for c in _FMIX[h.dtype.itemsize * 8])
+    h = h ^ (h >> s1)
+    h = h * m1
+    h = h ^ (h >> s2)
+    h = h * m2
+    return h ^ (h >> s3)
+
+
 def fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finaliser (also what datasketch applies before affine32 permutations)."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
-def fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser."""
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
+    """fmix on uint32 values."""
+    return fmix(np.asarray(h, dtype=np.uint32))
 
 
 def word_hashes(texts: pl.Series, bits: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,7 +131,6 @@ def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) ->
     """n-gram hashes from flat word hashes (see fold_word_ngrams); returns (hashes, document index,
     start position of each n-gram in the flat word column)."""
     dtype = fh.dtype.type
-    fmix = fmix32 if dtype is np.uint32 else fmix64
     total = len(fh)
     starts = np.zeros(len(lens), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])

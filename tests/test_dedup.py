@@ -198,3 +198,11 @@ def test_two_runs_identical(tmp_path: Path) -> None:
                      pl.read_parquet(tmp_path / name / "work/dedup/clusters.parquet")))
     for x, y in zip(outs[0], outs[1], strict=True):
         assert x.equals(y)
+
+
+def test_empty_input(tmp_path: Path) -> None:
+    from pipeline.canonical import empty_canonical
+
+    stats = run_dedup(_write(empty_canonical(), tmp_path / "in.parquet"), tmp_path / "run", DedupConfig(workers=1))
+    assert stats["kept"] == 0 and read_ledger(tmp_path / "run").height == 0
+    assert all(pl.read_parquet(p).height == 0 for p in stats["parts"])

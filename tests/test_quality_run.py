@@ -67,3 +67,12 @@ def test_disabled_passes_everything_through(tmp_path: Path) -> None:
     paths = _parts(tmp_path)
     stats = run_quality(paths, tmp_path / "run", QualityConfig(enabled=False, workers=1))
     assert stats["kept"] == len(PAIRS) * 3 and read_ledger(tmp_path / "run").height == 0
+
+
+def test_empty_input(tmp_path: Path) -> None:
+    from pipeline.canonical import empty_canonical
+
+    p = tmp_path / "in.parquet"
+    empty_canonical().write_parquet(p)
+    stats = run_quality([p], tmp_path / "run", QualityConfig(workers=2))
+    assert stats["kept"] == 0 and stats["dropped"] == {} and read_ledger(tmp_path / "run").height == 0
