@@ -232,7 +232,9 @@ def train(run_dir: Path, cfg: RunConfig, *, resume: bool = False, log: Log | Non
         tcfg = tcfg.model_copy(update={"grad_accum": tcfg.grad_accum * tcfg.nproc, "nproc": 1})
         cfg = cfg.model_copy(update={"train": tcfg})
     try:
-        return _train(run_dir, cfg, splits, rank, world, is_main, resume, say)
+        # the row capacity the shards were packed for sizes a from-scratch model's positions
+        seq_cap = int(manifest.get("max_seq_len") or cfg.pack.max_seq_len)
+        return _train(run_dir, cfg, splits, seq_cap, rank, world, is_main, resume, say)
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -248,6 +250,7 @@ def _train(
     run_dir: Path,
     cfg: RunConfig,
     splits: dict[str, list[Path]],
+    seq_cap: int,
     rank: int,
     world: int,
     is_main: bool,
@@ -271,7 +274,9 @@ def _train(
     if train_shards.n_rows == 0:
         raise ValueError(f"{run_dir}: the train shards hold no rows; nothing to train on")
     max_len = max(train_shards.max_row_len(), val_shards.max_row_len() if val_shards else 0)
-    model = build_model(mcfg, tokenizer, max_seq_len=max_len, attn=attn, seed=seed).to(device)
+    model = build_model(
+        mcfg, tokenizer, max_seq_len=max_len, positions=max(seq_cap, max_len), attn=attn, seed=seed
+    ).to(device)
     n_params = sum(p.numel() for p in model.parameters())
 
     plan = StepPlan(tcfg.micro_batch_size, tcfg.grad_accum, world)

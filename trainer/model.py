@@ -85,12 +85,19 @@ def resolve_attn(train: TrainConfig, device: torch.device) -> str:
 
 
 def build_model(
-    mcfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, *, max_seq_len: int, attn: str, seed: int
+    mcfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    max_seq_len: int,
+    attn: str,
+    seed: int,
+    positions: int | None = None,
 ) -> PreTrainedModel:
     """The starting model: loaded from `model.path`, or a Llama built from the config and seeded init.
 
-    Embeddings are resized when the tokenizer has more tokens than the model (a trained tokenizer
-    with new special tokens); fp32 weights, the autocast dtype is chosen by the loop.
+    `max_seq_len` is the longest row to train on; `positions` (default: the same) sizes a new model's
+    max_position_embeddings. Embeddings are resized when the tokenizer has more tokens than the model
+    (a trained tokenizer with new special tokens). Weights are fp32; the loop chooses the autocast dtype.
     """
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -109,7 +116,7 @@ def build_model(
             num_hidden_layers=mcfg.num_layers,
             num_attention_heads=mcfg.num_heads,
             num_key_value_heads=mcfg.num_kv_heads or mcfg.num_heads,
-            max_position_embeddings=mcfg.max_position_embeddings or max_seq_len,
+            max_position_embeddings=mcfg.max_position_embeddings or positions or max_seq_len,
             rms_norm_eps=mcfg.rms_norm_eps,
             rope_theta=mcfg.rope_theta,
             tie_word_embeddings=mcfg.tie_word_embeddings,

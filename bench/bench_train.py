@@ -1,0 +1,219 @@
+"""Training throughput: sftforge's trainer vs TRL's SFTTrainer (default, and with packing), one run, this CPU.
+
+The same tiny Llama (same config, same seed-initialised weights), the same tokenizer and ChatML
+template, the same curated conversations (real Alpaca records from ../shared/datasets), one epoch each,
+so every system trains on the same target tokens. TRL runs with `assistant_only_loss=True` in its
+messages format (the run tokenizer's template carries `{% generation %}` markers), first in its
+default configuration (padded batches, no packing), then with `packing=True` (BFD, padding-free).
+sftforge trains on the shards the tokenize stage packed (`pipeline.shards.run_tokenize`).
+
+Prints target tokens/s of each, the ratios, and the share of computed token slots that are padding.
+
+    .venv/bin/python bench/bench_train.py [--records 1000] [--max-seq-len 1024] [--hidden 256 --layers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "alpaca" / "gumbelsoft-random2000" / "alpaca_data.json"
+
+
+def curated_alpaca(path: Path, n: int) -> pl.DataFrame:
+    """The first n Alpaca records as canonical conversations (user = instruction + input, assistant = output)."""
+    rows = []
+    for i, r in enumerate(json.loads(path.read_text(encoding="utf-8"))[:n]):
+        user = r["instruction"].strip() + (f"\n\n{r['input'].strip()}" if r["input"].strip() else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"].strip()}]
+        if not user or not msgs[1]["content"]:
+            continue
+        cid = hashlib.sha256(json.dumps(msgs).encode()).hexdigest()[:32]
+        rows.append({"conversation_id": cid, "origin": f"alpaca:{i}", "source": "alpaca", "tier": "synthetic",
+                     "messages": msgs})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def build_run_dir(root: Path, records: int, cfg: Any) -> Path:
+    """curated/ -> the project's tokenize stage -> shards/, tokenizer/, manifest.json."""
+    from pipeline.manifest import write_manifest
+    from pipeline.shards import run_tokenize
+
+    (root / "curated").mkdir(parents=True)
+    curated_alpaca(DATA, records).write_parquet(root / "curated" / "part-00000.parquet")
+    stats = run_tokenize(root, cfg)
+    write_manifest(root, cfg, {"tokenize": {"train_rows": stats.get("packing", {})}})
+    return root
+
+
+def run_config(run_dir: Path, args: argparse.Namespace) -> Any:
+    from schemas.config import RunConfig
+
+    return RunConfig.model_validate(
+        {
+            "name": "bench",
+            "output_dir": str(run_dir),
+            "sources": [{"name": "alpaca", "path": str(DATA), "tier": "synthetic"}],
+            "template": {"name": "chatml"},
+            "tokenizer": {"vocab_size": args.vocab},
+            "pack": {"max_seq_len": args.max_seq_len, "val_fraction": 0.0, "self_check_sample": 0},
+            "model": {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": args.heads,
+                      "intermediate_size": 3 * args.hidden},  # fmt: skip
+            "train": {"epochs": 1, "micro_batch_size": args.micro_batch, "lr": 1e-3, "warmup_steps": 5,
+                      "save_every": 0, "save_initial_model": False, "device": "cpu"},  # fmt: skip
+        }
+    )
+
+
+class CountingCollator:
+    """Wraps TRL's collator to count the token slots it computes, the real tokens and the targets."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.slots, self.tokens, self.targets, self.batches = inner, 0, 0, 0, 0
+
+    def __call__(self, examples: list[dict]) -> dict:
+        out = self.inner(examples)
+        self.batches += 1
+        self.slots += out["input_ids"].numel()
+        if "attention_mask" in out:
+            self.tokens += int(out["attention_mask"].sum())
+        else:  # padding-free: one flattened sequence, nothing padded
+            self.tokens += out["input_ids"].numel()
+        # TRL's labels are not shifted (the model shifts): a label != -100 is one trained target
+        self.targets += int((out["labels"] != -100).sum())
+        return out
+
+
+def run_trl(run_dir: Path, cfg: Any, conversations: list[list[dict]], packing: bool, out: Path) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.model import build_model, load_tokenizer
+
+    tok = load_tokenizer(run_dir / "tokenizer")
+    model = build_model(cfg.model, tok, max_seq_len=cfg.pack.max_seq_len, attn="sdpa", seed=cfg.seed)
+    ds = Dataset.from_list([{"messages": m} for m in conversations])
+    args = SFTConfig(
+        output_dir=str(out),
+        assistant_only_loss=True,
+        packing=packing,
+        max_length=cfg.pack.max_seq_len,
+        num_train_epochs=1,
+        learning_rate=cfg.train.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.train.warmup_steps,
+        max_grad_norm=cfg.train.clip,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=cfg.seed,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    t0 = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "target_tokens": counter.targets,
+        "tokens": counter.tokens,
+        "slots": counter.slots,
+        "padding_frac": 1 - counter.tokens / max(1, counter.slots),
+        "steps": result.global_step,
+        "loss": result.training_loss,
+        "batch_size": args.per_device_train_batch_size,
+        "target_tokens_per_s": counter.targets / wall,
+    }
+
+
+def run_sftforge(run_dir: Path, cfg: Any) -> dict:
+    from trainer.fit import train
+
+    t0 = time.perf_counter()
+    s = train(run_dir, cfg, log=lambda _line: None)
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "loop_s": s["elapsed_s"],
+        "target_tokens": s["target_tokens"],
+        "tokens": s["tokens"],
+        "padding_frac": s["padding_frac"],
+        "steps": s["steps"],
+        "loss": s["train_loss"],
+        "target_tokens_per_s": s["target_tokens"] / wall,
+    }
+
+
+def train_conversations(run_dir: Path) -> list[list[dict]]:
+    """The messages of every conversation in the train shards (what sftforge trains on), for TRL."""
+    import pyarrow.parquet as pq
+
+    ids = [c for p in sorted((run_dir / "shards").glob("train-*.parquet"))
+           for row in pq.read_table(p, columns=["conversation_ids"]).column(0).to_pylist() for c in row]  # fmt: skip
+    cur = pl.read_parquet(run_dir / "curated" / "part-00000.parquet")
+    by_id = dict(zip(cur["conversation_id"].to_list(), cur["messages"].to_list(), strict=True))
+    return [by_id[c] for c in ids]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=int, default=1000)
+    ap.add_argument("--max-seq-len", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--micro-batch", type=int, default=4, help="sftforge packed rows per micro-batch")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--only", choices=["sftforge", "trl", "trl_packing"], action="append")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import logging
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        run_dir = tmp / "run"
+        cfg = run_config(run_dir, args)
+        t0 = time.perf_counter()
+        build_run_dir(run_dir, args.records, cfg)
+        convs = train_conversations(run_dir)
+        print(f"data: {len(convs)} Alpaca conversations, tokenized+packed in {time.perf_counter() - t0:.1f}s; "
+              f"model hidden={args.hidden} layers={args.layers} vocab={args.vocab}, max_seq_len={args.max_seq_len}, "
+              f"torch threads={torch.get_num_threads()}")  # fmt: skip
+        results: dict[str, dict] = {}
+        for name in args.only or ["trl", "trl_packing", "sftforge"]:
+            if name == "sftforge":
+                results[name] = run_sftforge(run_dir, cfg)
+            else:
+                results[name] = run_trl(run_dir, cfg, convs, name == "trl_packing", tmp / name)
+            r = results[name]
+            print(f"{name:12s} target tokens {r['target_tokens']:>9,}  steps {r['steps']:>5}  wall {r['wall_s']:7.1f}s  "
+                  f"{r['target_tokens_per_s']:>8,.0f} target tok/s  padding {100 * r['padding_frac']:5.1f}%  "
+                  f"loss {r['loss']:.3f}", flush=True)  # fmt: skip
+        if "sftforge" in results:
+            base = results["sftforge"]["target_tokens_per_s"]
+            for name in ("trl", "trl_packing"):
+                if name in results:
+                    print(f"sftforge / {name}: {base / results[name]['target_tokens_per_s']:.2f}x")
+        print(json.dumps(results, indent=1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
