@@ -7,7 +7,7 @@ Every signal is a number in [0, 1], higher is better, computed with polars expre
 | `signal_length` | assistant characters, log-scaled: log(1 + chars) / log(1 + 2000), capped at 1 |
 | `signal_balance` | answer vs prompt: 2 * a / (a + u) with a, u the assistant and user characters, capped at 1 (an answer at least as long as its prompt scores 1) |
 | `signal_diversity` | type/token ratio of the answer's first 200 words (lower-cased); 0 for an empty answer |
-| `signal_repetition` | 1 - the larger of the share of repeated non-empty lines and of repeated word pairs (first 256 words) |
+| `signal_repetition` | 1 - the larger of the share of repeated non-empty lines and of repeated word pairs (first 256 words, within the first 4,000 characters) |
 | `signal_complexity` | instruction complexity proxies: 0.5 * prompt words log-scaled to 60 + 0.3 * cue words (explain, compare, step, …; 3 or more = 1) + 0.2 if there are several user turns |
 | `signal_formatting` | 0.4 code block + 0.3 list + 0.15 heading or bold + 0.15 paragraphs |
 | `signal_tier` | `select.tier_values[tier]` (expert 1.0, crowdsourced 0.6, synthetic 0.3) |
@@ -64,15 +64,20 @@ def repetition_signals(asst: pl.Series) -> pl.DataFrame:
     flat column and counted per conversation with a group-by (5x faster than per-row list.eval)."""
     n = len(asst)
     rows = pl.int_range(n, eager=True).alias("_row")
+    # Words as 64-bit hashes (only equality matters here), pairs as a combination of two hashes:
+    # counting distinct integers is much cheaper than distinct strings. Only the first 256 words
+    # are used, so the regex only reads the first 4,000 characters.
+    head = asst.str.slice(0, 4000).str.to_lowercase().str.extract_all(_WORD).list.head(256)
     words = (
-        pl.DataFrame([rows, asst.str.to_lowercase().str.extract_all(_WORD).list.head(256).alias("w")])
+        pl.DataFrame([rows, head.alias("w")])
         .explode("w")
         .drop_nulls("w")
+        .with_columns(pl.col("w").hash(seed=0))
         .with_columns(
             pl.int_range(pl.len()).over("_row").alias("pos"),
             # Word pairs never span two conversations.
             pl.when(pl.col("_row").shift(-1) == pl.col("_row"))
-            .then(pl.concat_str([pl.col("w"), pl.col("w").shift(-1)], separator=" "))
+            .then(pl.col("w") * 1_000_003 + pl.col("w").shift(-1))
             .alias("pair"),
         )
         .group_by("_row")
