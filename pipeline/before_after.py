@@ -2,8 +2,8 @@
 the validation loss per source and tier before and after (from the trainer's train/eval.json).
 
 The prompts are a fixed, seeded choice among the validation conversations (the conversations in
-`shards/val-*.parquet`; without val shards, among all of curated/), taken round-robin over the
-sources so each source shows up. A prompt is the conversation up to its last assistant turn, and
+`shards/val-*.parquet`), taken round-robin over the sources so each source shows up; when there
+are fewer than asked, training conversations fill up, each row saying its `split`. A prompt is the conversation up to its last assistant turn, and
 that turn is the reference answer. Decoding is greedy (`before_after.max_new_tokens`), rendered
 with each model directory's own chat template.
 """
@@ -33,8 +33,9 @@ def val_conversation_ids(run_dir: Path) -> set[str]:
 
 
 def choose_prompts(run_dir: Path, n: int, seed: int) -> pl.DataFrame:
-    """`n` validation conversations (conversation_id, origin, source, tier, messages), a seeded
-    choice by conversation hash, round-robin over sources."""
+    """`n` conversations (conversation_id, origin, source, tier, messages, split): validation ones
+    first, a seeded choice by conversation hash taken round-robin over sources; when the
+    validation split has fewer than `n`, training conversations fill up, marked split = "train"."""
     parts = sorted(RunDir.of(run_dir).curated.glob("*.parquet"))
     if not parts:
         raise FileNotFoundError(
@@ -43,11 +44,15 @@ def choose_prompts(run_dir: Path, n: int, seed: int) -> pl.DataFrame:
     cols = ["conversation_id", "origin", "source", "tier", "messages"]
     df = pl.concat([pl.read_parquet(p, columns=cols) for p in parts]).unique("conversation_id", keep="first")
     val = val_conversation_ids(run_dir)
-    if val:
-        df = df.filter(pl.col("conversation_id").is_in(list(val)))
-    df = df.with_columns(pl.Series("_key", sample_keys(df["conversation_id"], seed)))
-    df = df.sort("_key", "origin").with_columns(pl.int_range(pl.len()).over("source").alias("_turn"))
-    return df.sort("_turn", "_key", "origin").head(n).drop("_key", "_turn")
+    df = df.with_columns(
+        pl.when(pl.col("conversation_id").is_in(list(val)))
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train" if val else "curated"))
+        .alias("split"),
+        pl.Series("_key", sample_keys(df["conversation_id"], seed)),
+    )
+    df = df.sort("_key", "origin").with_columns(pl.int_range(pl.len()).over("split", "source").alias("_turn"))
+    return df.sort(pl.col("split") != "val", "_turn", "_key", "origin").head(n).drop("_key", "_turn")
 
 
 def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
@@ -175,6 +180,7 @@ def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             "origin": r["origin"],
             "source": r["source"],
             "tier": r["tier"],
+            "split": r["split"],
             "prompt": prompt,
             "reference": reference,
             "before": before["answer"],
@@ -194,7 +200,7 @@ def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             "max_new_tokens": bcfg.max_new_tokens,
             "max_prompt_tokens": bcfg.max_prompt_tokens,
         },
-        "prompt_source": "validation shards" if val_conversation_ids(rd.root) else "curated (no val shards)",
+        "prompt_splits": dict(chosen.group_by("split").len().sort("split").iter_rows()),
         "prompts": rows,
         "val_loss": losses,
     }

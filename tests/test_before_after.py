@@ -119,11 +119,11 @@ def test_compare_writes_answers_references_and_losses(run_dir):
     result = compare(run_dir, make_cfg(run_dir))
     on_disk = json.loads((run_dir / "report" / "before_after.json").read_text())
     assert on_disk["prompts"] == result["prompts"]
-    assert len(result["prompts"]) == 4 and result["prompt_source"] == "validation shards"
+    assert len(result["prompts"]) == 4 and result["prompt_splits"] == {"val": 4}
     curated = pl.read_parquet(run_dir / "curated" / "part-00000.parquet")
     val = set(pl.read_parquet(run_dir / "shards" / "val-00000.parquet")["conversation_ids"].explode())
     for p in result["prompts"]:
-        assert p["conversation_id"] in val
+        assert p["conversation_id"] in val and p["split"] == "val"
         msgs = curated.filter(pl.col("conversation_id") == p["conversation_id"])["messages"][0].to_list()
         assert p["reference"] == msgs[-1]["content"] and p["prompt"] == msgs[:-1]
         assert isinstance(p["before"], str) and isinstance(p["after"], str)
@@ -156,12 +156,20 @@ def test_disabled_writes_nothing(run_dir):
     assert not (run_dir / "report" / "before_after.json").exists()
 
 
+def test_small_val_split_is_topped_up_from_train(run_dir):
+    chosen = choose_prompts(run_dir, 10, seed=0)
+    val = set(pl.read_parquet(run_dir / "shards" / "val-00000.parquet")["conversation_ids"].explode())
+    assert chosen["split"].to_list() == ["val"] * 6 + ["train"] * 4
+    assert set(chosen["conversation_id"][:6]) == val and not set(chosen["conversation_id"][6:]) & val
+
+
 def test_prompt_choice_without_val_shards_uses_curated(tmp_path):
     df = conversations(5)
     (tmp_path / "curated").mkdir()
     df.write_parquet(tmp_path / "curated" / "part-00000.parquet")
     a = choose_prompts(tmp_path, 6, seed=3)
     assert a.height == 6 and a.equals(choose_prompts(tmp_path, 6, seed=3))
+    assert a["split"].unique().to_list() == ["curated"]
     assert dict(a.group_by("source").len().iter_rows()) == {"exp": 3, "syn": 3}
     assert not a.equals(choose_prompts(tmp_path, 6, seed=4))
 
