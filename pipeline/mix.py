@@ -369,6 +369,9 @@ def mix_stats(planned: pl.DataFrame, cfg: RunConfig, counter: str) -> dict[str, 
         drops.setdefault(r, {})[s] = int(k)
     return {
         "token_counter": counter,
+        "tokens_note": "training tokens: copies counted; a conversation over pack.max_seq_len counts as the "
+        "tokenize stage treats it (0 when dropped, max_seq_len when truncated); supervised_tokens is "
+        "an estimate (the assistant turns' share of each conversation's characters)",
         "before": view(before, "_one"),
         "after": after_view,
         "share_targets": targets,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.canonical import from_records
 from pipeline.ledger import read_ledger
@@ -285,3 +287,51 @@ def test_unknown_source_and_overlapping_shares_are_config_errors(tmp_path):
         )
     with pytest.raises(ConfigError, match="share rules cannot be met"):
         mix(tmp_path, make_frame({"syn": 5}), None, mix={"tiers": {"synthetic": {"max_share": 0.2}}})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 40)),
+    syn_weight=st.sampled_from([0.0, 0.3, 1.0]),
+    exp_weight=st.sampled_from([1.0, 1.5, 2.0, 3.0]),
+    cap=st.one_of(st.none(), st.integers(0, 30)),
+    max_share=st.one_of(st.none(), st.floats(0.05, 0.6)),
+    seed=st.integers(0, 3),
+)
+def test_plan_invariants(counts, syn_weight, exp_weight, cap, max_share, seed):
+    """Every conversation has one fate; caps and max shares hold; repeats only where weights ask."""
+    import numpy as np
+
+    from pipeline.mix import plan_mix
+    from schemas.config_mix import MixConfig
+
+    df = make_frame(dict(zip(("exp", "crowd", "syn"), counts, strict=True)), lang=False)
+    df = df.with_columns(
+        pl.Series("_tokens", [10 + (i * 37) % 90 for i in range(df.height)]),
+        pl.lit(0.5).alias("score"),
+        pl.lit(True).alias("_selected"),
+        pl.lit(None, dtype=pl.String).alias("_select_detail"),
+    )
+    tiers = {"expert": {"weight": exp_weight}, "synthetic": {"weight": syn_weight, "max_conversations": cap}}
+    if max_share is not None:
+        tiers["crowdsourced"] = {"max_share": max_share}
+    try:
+        out = plan_mix(df, MixConfig.model_validate({"tiers": tiers}), TIERS, seed)
+    except ConfigError:
+        assert max_share is not None  # only an unreachable share may refuse
+        return
+    kept = out.filter(pl.col("repeat") > 0)
+    left = out.filter(pl.col("repeat") == 0)
+    assert left["_reason"].is_in(["mix.capped", "mix.unselected"]).all() and kept["_reason"].is_null().all()
+    assert set(kept.filter(pl.col("source") != "exp")["repeat"]) <= {1}
+    assert set(kept.filter(pl.col("source") == "exp")["repeat"]) <= {
+        int(np.floor(exp_weight)),
+        int(np.ceil(exp_weight)),
+    }
+    syn = kept.filter(pl.col("source") == "syn")
+    if cap is not None:
+        assert syn.height <= cap
+    if max_share is not None and kept.height:
+        tokens = kept.select(pl.col("repeat") * pl.col("_tokens")).to_series()
+        crowd = tokens.filter(kept["source"] == "crowd").sum()
+        assert crowd <= max_share * tokens.sum() + 1e-6
