@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.textnorm import fold_word_ngrams, normalize
+from pipeline.textnorm import fold_word_ngrams, normalize_texts
 from schemas.config_curation import BenchmarkFile, ContaminationConfig
 
 
@@ -77,7 +77,7 @@ def build_index(cfg: ContaminationConfig) -> BenchmarkIndex:
     for b in cfg.benchmarks:
         bench = read_benchmark(b)
         items[b.name] = bench.height
-        texts = bench.select(normalize(pl.col("text")).fill_null("")).to_series()
+        texts = normalize_texts(bench["text"])
         nwords = texts.str.count_matches(r"\w+").to_numpy()
         item_ids = bench["item"].to_list()
         long_h, long_doc = fold_word_ngrams(texts, cfg.ngram, bits=64, short=False)
@@ -96,10 +96,9 @@ def build_index(cfg: ContaminationConfig) -> BenchmarkIndex:
     )
 
 
-def find_contaminated(user_texts: pl.Series, index: BenchmarkIndex) -> list[tuple[str, str, int] | None]:
-    """For each (not yet normalised) user text: (benchmark, item, matching n-grams) of its first
-    hit, or None."""
-    texts = pl.DataFrame({"t": user_texts}).select(normalize(pl.col("t")).fill_null("")).to_series()
+def find_contaminated(texts: pl.Series, index: BenchmarkIndex) -> list[tuple[str, str, int] | None]:
+    """For each normalised (textnorm.normalize_texts) user text: (benchmark, item, matching
+    n-grams) of its first hit, or None."""
     out: list[tuple[str, str, int] | None] = [None] * texts.len()
     for k, bench_hashes in index.hashes.items():
         h, doc = fold_word_ngrams(texts, k, bits=64, short=False)

@@ -34,7 +34,7 @@ from pipeline.ledger import ledger_rows, write_ledger_part
 from pipeline.minhash import estimated_jaccard, text_signatures
 from pipeline.procpool import pool_map
 from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
-from pipeline.textnorm import dialogue_text, first_exchange, normalize, turns_text
+from pipeline.textnorm import normalized_turns
 from schemas.config_curation import DedupConfig
 from schemas.conversation import TIER_RANK
 
@@ -209,6 +209,33 @@ def _why(tier_k: str, tier_d: str, len_k: int, len_d: int) -> str:
     return "same tier and length, earlier origin"
 
 
+def _dedup_keys(df: pl.DataFrame) -> pl.DataFrame:
+    """Per conversation: tier rank, assistant characters, origin and the normalised texts the rules
+    compare (each message is normalised once; system prompts are left out of every text)."""
+    role = pl.col("role")
+    tagged = pl.concat_str([pl.lit("<"), role, pl.lit("> "), pl.col("norm")])
+    ns = normalized_turns(df).filter(role != "system")
+    per_row = ns.group_by("row", maintain_order=True).agg(
+        tagged.str.join(" ").alias("exact_text"),
+        pl.col("norm").filter(role == "user").str.join(" ").alias("prompt_text"),
+        pl.col("norm").str.join(" ").alias("near_text"),
+        tagged.head(2).str.join(" ").alias("first_text"),
+        pl.col("norm").head(2).str.join(" ").alias("first_near"),
+        (role == "assistant").sum().alias("exchanges"),
+        pl.col("content").filter(role == "assistant").str.len_chars().sum().alias("asst_chars"),
+    )
+    texts = ["exact_text", "prompt_text", "near_text", "first_text", "first_near"]
+    return (
+        pl.DataFrame({"row": np.arange(df.height, dtype=np.int64)})
+        .join(per_row, on="row", how="left")
+        .with_columns(*[pl.col(c).fill_null("") for c in texts], pl.col("exchanges", "asst_chars").fill_null(0))
+        .with_columns(
+            df["tier"].replace_strict(TIER_RANK, default=len(TIER_RANK)).alias("tier_rank"), df["origin"]
+        )
+        .with_columns(pl.col("row").cast(pl.UInt32))
+    )
+
+
 def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = None) -> DedupResult:
     """Split a canonical frame into kept and dropped rows (see the module docstring for the rules).
 
@@ -217,17 +244,7 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
     t0 = time.perf_counter()
     prior = prior or PriorIndex.empty(cfg.num_perm)
     n = df.height
-    keys = df.select(
-        pl.col("tier").replace_strict(TIER_RANK, default=len(TIER_RANK)).alias("tier_rank"),
-        turns_text(("assistant",)).str.len_chars().fill_null(0).alias("asst_chars"),
-        pl.col("origin"),
-        normalize(dialogue_text()).alias("exact_text"),
-        normalize(turns_text(("user",))).alias("prompt_text"),
-        normalize(turns_text(("user", "assistant"), " ")).alias("near_text"),
-        normalize(dialogue_text(first_exchange())).alias("first_text"),
-        normalize(turns_text(("user", "assistant"), " ", first_exchange())).alias("first_near"),
-        pl.col("messages").list.eval(pl.element().struct.field("role") == "assistant").list.sum().alias("exchanges"),
-    ).with_row_index("row")
+    keys = _dedup_keys(df)
     # rank 0 = the row that wins any group it is in.
     rank = np.empty(n, dtype=np.int64)
     rank[keys.sort(["tier_rank", "asst_chars", "origin"], descending=[False, True, False])["row"].to_numpy()] = (

@@ -22,7 +22,7 @@ from pipeline.canonical import MESSAGE
 from pipeline.ledger import ledger_rows, write_ledger_part
 from pipeline.procpool import pool_map
 from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
-from pipeline.textnorm import fold_ngrams, normalize, word_hashes
+from pipeline.textnorm import fold_ngrams, normalized_turns, word_hashes
 from schemas.config_curation import ContaminationConfig, QualityConfig
 
 WORDS = r"\S+"
@@ -39,14 +39,20 @@ class Batch:
         return self.df.height
 
     def turns(self, *roles: str) -> pl.DataFrame:
-        """row, turn, role, content; only `roles` when given."""
-        t = (
-            self.df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "messages")
-            .explode("messages")
-            .with_columns(pl.int_range(pl.len()).over("row").alias("turn"))
-            .unnest("messages")
-            .filter(pl.col("role").is_not_null())
-        )
+        """row, turn, role, content, norm (normalised content); only `roles` when given. `norm`
+        comes from the hidden `_norm` column when filter_frame made one, else it is computed."""
+        if "_norm" not in self.df.columns:
+            t = normalized_turns(self.df)
+        else:
+            t = (
+                self.df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "messages", "_norm")
+                .explode(["messages", "_norm"])
+                .with_columns(pl.int_range(pl.len()).over("row").alias("turn"))
+                .unnest("messages")
+                .filter(pl.col("role").is_not_null())
+                .rename({"_norm": "norm"})
+                .select("row", "turn", "role", "content", "norm")
+            )
         return t.filter(pl.col("role").is_in(list(roles))) if roles else t
 
 
@@ -87,8 +93,10 @@ def empty(b: Batch, cfg: QualityConfig) -> FilterResult:
 def echo(b: Batch, cfg: QualityConfig) -> FilterResult:
     """An assistant turn that only repeats its prompt: equal to it after normalisation, or (when at
     least `echo_min_chars` long) contained in it."""
-    t = b.turns().with_columns(normalize(pl.col("content")).fill_null("").alias("n"))
-    t = t.with_columns(pl.col("n").shift(1).over("row").alias("prev")).filter(
+    t = b.turns().rename({"norm": "n"})
+    # Turns are in conversation order, so the previous row is the prompt when it has the same row.
+    same = pl.col("row") == pl.col("row").shift(1)
+    t = t.with_columns(pl.when(same).then(pl.col("n").shift(1)).alias("prev")).filter(
         (pl.col("role") == "assistant") & pl.col("prev").is_not_null() & (pl.col("n") != "")
     )
     hit = t.filter(
@@ -178,7 +186,7 @@ def repetition(b: Batch, cfg: QualityConfig) -> FilterResult:
     )
     dup_line = np.zeros(t.height)
     dup_line[lines["i"].to_numpy()] = lines["f"].to_numpy()
-    fh, lens, wchars = word_hashes(t.select(normalize(pl.col("content"))).to_series(), bits=64)
+    fh, lens, wchars = word_hashes(t["norm"], bits=64)
     top2, dup2 = _ngram_fracs(fh, lens, wchars, 2)
     checks = [
         ("duplicate-line fraction", dup_line, cfg.max_dup_line_frac),
@@ -342,8 +350,8 @@ def contamination(b: Batch, cfg: QualityConfig) -> FilterResult:
     if not cc.enabled or not cc.benchmarks:
         return FilterResult(np.ones(b.n, dtype=bool), "quality.contamination", [None] * b.n)
     index = _benchmark_index(cc.model_dump_json())
-    user = b.turns("user").group_by("row", maintain_order=True).agg(pl.col("content").str.join("\n"))
-    found = find_contaminated(user["content"], index)
+    user = b.turns("user").group_by("row", maintain_order=True).agg(pl.col("norm").str.join(" "))
+    found = find_contaminated(user["norm"], index)
     keep = np.ones(b.n, dtype=bool)
     detail: list[str | None] = [None] * b.n
     hits: dict[str, int] = {}
@@ -385,7 +393,8 @@ def filter_frame(df: pl.DataFrame, cfg: QualityConfig) -> QualityResult:
     """Run the configured filters in order, each on the rows the previous ones kept. The kept frame
     gets `lang` and `pii_redactions` columns (and redacted messages)."""
     cur = df.with_columns(
-        pl.lit(None, dtype=pl.String).alias("lang"), pl.lit(0, dtype=pl.Int32).alias("pii_redactions")
+        pl.lit(None, dtype=pl.String).alias("lang"), pl.lit(0, dtype=pl.Int32).alias("pii_redactions"),
+        _norm_lists(df),
     )
     dropped: list[pl.DataFrame] = []
     stats: dict = {"input": df.height, "seconds": {}, "filters": {}}
@@ -406,9 +415,19 @@ def filter_frame(df: pl.DataFrame, cfg: QualityConfig) -> QualityResult:
         stats["seconds"][name] = round(time.perf_counter() - t0, 3)
         if res.stats:
             stats["filters"][name] = res.stats
+    cur = cur.drop("_norm")
     schema = cur.schema | {"reason": pl.String, "detail": pl.String}
-    out = pl.concat(dropped, how="diagonal_relaxed") if dropped else pl.DataFrame(schema=schema)
+    out = pl.concat(dropped, how="diagonal_relaxed").drop("_norm") if dropped else pl.DataFrame(schema=schema)
     return QualityResult(kept=cur, dropped=out, stats=stats)
+
+
+def _norm_lists(df: pl.DataFrame) -> pl.Series:
+    """The normalised content of every message, as a list aligned with `messages` (computed once
+    for all filters)."""
+    t = normalized_turns(df)
+    lists = t.group_by("row", maintain_order=True).agg("norm")
+    full = pl.DataFrame({"row": np.arange(df.height, dtype=np.int64)}).join(lists, on="row", how="left")
+    return full["norm"].fill_null([]).cast(pl.List(pl.String)).alias("_norm")
 
 
 def _task(args: tuple[str, int, int, str, str]) -> tuple[pl.DataFrame, dict]:

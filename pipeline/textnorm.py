@@ -1,11 +1,14 @@
-"""Text normalisation shared by dedup, MinHash and the quality filters (polars expressions).
+r"""Text normalisation shared by dedup, MinHash and the quality filters.
 
-Normalised text = Unicode NFKC, lower case, every whitespace run one space, stripped. Polars'
-`to_lowercase` is Unicode lower-casing; it differs from Python's `casefold` only on a handful of
-letters (ß, final sigma), which is harmless for duplicate detection.
+Normalised text = Unicode NFKC, lower case, every whitespace run one space, stripped. `lower` is
+Unicode lower-casing; it differs from `casefold` only on a handful of letters (ß, final sigma),
+which is harmless for duplicate detection. It runs in Python (`normalize_texts`): measured faster
+than polars' `str.normalize` plus a `\s+` regex, and ASCII text (most of it) skips NFKC entirely.
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 import numpy as np
 import polars as pl
@@ -14,11 +17,33 @@ import polars as pl
 WORD_RE = r"\w+"
 
 
+def normalize_text(text: str) -> str:
+    """NFKC, lower case, collapsed whitespace, stripped (ASCII is already NFKC)."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.lower().split())
+
+
+def normalize_texts(texts: pl.Series) -> pl.Series:
+    """normalize_text over a string column (null -> "")."""
+    return pl.Series(texts.name, [normalize_text(t) if t else "" for t in texts.to_list()], dtype=pl.String)
+
+
 def normalize(expr: pl.Expr) -> pl.Expr:
-    """NFKC, lower case, collapsed whitespace, stripped."""
-    return (
-        expr.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    """normalize_text as a polars expression."""
+    return expr.map_batches(normalize_texts, return_dtype=pl.String)
+
+
+def normalized_turns(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per message: row (index into df), turn, role, content, norm (normalised content)."""
+    t = (
+        df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "messages")
+        .explode("messages")
+        .with_columns(pl.int_range(pl.len()).over("row").alias("turn"))
+        .unnest("messages")
+        .filter(pl.col("role").is_not_null())
     )
+    return t.with_columns(normalize_texts(t["content"]).alias("norm"))
 
 
 def turns_text(roles: tuple[str, ...], sep: str = "\n", messages: pl.Expr | None = None) -> pl.Expr:
@@ -27,20 +52,6 @@ def turns_text(roles: tuple[str, ...], sep: str = "\n", messages: pl.Expr | None
     keep = role.is_in(list(roles)) if len(roles) > 1 else role == roles[0]
     msgs = pl.col("messages") if messages is None else messages
     return msgs.list.eval(pl.element().filter(keep).struct.field("content")).list.join(sep)
-
-
-def dialogue_text(messages: pl.Expr | None = None) -> pl.Expr:
-    """User and assistant turns with role markers, for exact-duplicate hashing. System prompts are
-    left out: a system prompt is a template choice, not the demonstration."""
-    role = pl.element().struct.field("role")
-    tagged = pl.concat_str([pl.lit("<"), role, pl.lit("> "), pl.element().struct.field("content")])
-    msgs = pl.col("messages") if messages is None else messages
-    return msgs.list.eval(tagged.filter(role != "system")).list.join("\n")
-
-
-def first_exchange() -> pl.Expr:
-    """The messages of the first user turn and its assistant reply (system prompt left out)."""
-    return pl.col("messages").list.eval(pl.element().filter(pl.element().struct.field("role") != "system")).list.head(2)
 
 
 def words(texts: pl.Series) -> pl.Series:
