@@ -10,6 +10,7 @@ refreshes the cache when they were deleted or rewritten.
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ import xxhash
 from pipeline.rundir import atomic_write_json
 
 _PROJECT = Path(__file__).resolve().parent.parent
+_PACKAGES = ("pipeline", "schemas", "trainer")
 
 #: Files each stage writes, relative to the run directory ("{source}" for ingest). Used for the
 #: output fingerprint: a cache hit is only trusted while these are unchanged on disk.
@@ -50,9 +52,37 @@ def hash_files(paths: Iterable[str | Path]) -> str:
     return h.hexdigest()
 
 
-def code_version(*packages: str) -> str:
-    """Hash of the source of the given top-level packages: editing a stage invalidates its cache."""
-    return hash_files(sorted(f for pkg in packages for f in (_PROJECT / pkg).rglob("*.py")))[:16]
+def _module_file(name: str) -> Path | None:
+    base = _PROJECT.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def _project_imports(name: str, seen: set[str]) -> None:
+    """Collect `name` and every project module it imports, transitively (read with ast, not imported)."""
+    if name in seen or (f := _module_file(name)) is None:
+        return
+    seen.add(name)
+    for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for t in targets:
+            if t.split(".")[0] in _PACKAGES:
+                _project_imports(t, seen)
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the source of the given modules and of every project module they import: editing the
+    code a stage runs invalidates that stage's cache, editing an unrelated stage does not."""
+    seen: set[str] = set()
+    for m in modules:
+        _project_imports(m, seen)
+    return hash_files(sorted(f for m in seen if (f := _module_file(m)) is not None))[:16]
 
 
 def stage_key(stage: str, run_dir: str | Path, *parts: str) -> str:

@@ -7,6 +7,7 @@ exit 2; a failed flow run prints what failed and exits 1; a rejected approval ga
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,37 @@ def _start_client() -> None:
         client.hello()
 
 
+class _NoTraceback(logging.Formatter):
+    """Formats like the wrapped formatter, without the exception's traceback (the message keeps its repr)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _console_without_tracebacks() -> None:
+    """The terminal shows Prefect's run log without tracebacks (the Prefect UI still has them);
+    `--debug` keeps them."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                        if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, PrefectConsoleHandler) and not isinstance(h.formatter, _NoTraceback):
+                h.setFormatter(_NoTraceback(h.formatter or logging.Formatter()))
+
+
 def _config(path: str, overrides: list[str]) -> Any:
     from schemas.config import load_config
 
@@ -58,6 +90,8 @@ def _config(path: str, overrides: list[str]) -> Any:
 def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
     _config(args.config, args.set)  # validate before any flow run exists: errors stay one clean line
     _start_client()
+    if not args.debug:
+        _console_without_tracebacks()
     from flows.curate import curate, curate_and_train
 
     fn = curate_and_train if flow_name == "run" else curate

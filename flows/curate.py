@@ -20,8 +20,23 @@ from schemas.config import RunConfig, load_config
 from schemas.config_flow import RunnerConfig
 from schemas.config_sources import SourceConfig
 
+
+def _transient_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a retry can fix: an OSError such as a network-filesystem hiccup. A missing file,
+    a permission problem or bad data fails at once, with the stage's own message."""
+    try:
+        state.result()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        return False
+    except OSError:
+        return True
+    except BaseException:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
 #: Retries for tasks that mostly read and write files: a flaky disk or NFS hiccup should not fail a run.
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2}
+IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient_io_error}
 
 
 def _key_param(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -204,11 +219,11 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     logger = get_run_logger()
     run_dir = Path(cfg.output_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    code = code_version("pipeline", "schemas")
 
     # 1. ingest: one task per source, in parallel on the configured runner.
     keys = {
-        s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(), code) for s in cfg.sources
+        s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(),
+                            code_version("pipeline.ingest")) for s in cfg.sources
     }
     rc = cfg.runner
     where = "a thread pool" if rc.kind == "thread" else (
@@ -226,12 +241,13 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
 
     # 2-4. dedup, quality, mix: each keyed by the bytes of its input parts and its config sections.
     stats: dict[str, Any] = {"ingest": ingest}
-    for stage, task_fn, sections in (
-        ("dedup", dedup_task, ("dedup",)),
-        ("quality", quality_task, ("quality",)),
-        ("mix", mix_task, ("mix", "select", "seed", "template", "tokenizer", "pack")),
+    for stage, task_fn, sections, modules in (
+        ("dedup", dedup_task, ("dedup",), ("pipeline.dedup",)),
+        ("quality", quality_task, ("quality",), ("pipeline.quality",)),
+        # mix counts rendered tokens, so the template and tokenizer settings and code are part of its key
+        ("mix", mix_task, ("mix", "select", "seed", "template", "tokenizer", "pack"), ("pipeline.mix", "pipeline.shards")),
     ):
-        key = stage_key(stage, run_dir, hash_files(parts), cfg.section_hash(*sections), code)
+        key = stage_key(stage, run_dir, hash_files(parts), cfg.section_hash(*sections), code_version(*modules))
         stats[stage] = _run_stage(task_fn, stage, run_dir, key, in_paths=parts, cfg=cfg)
         out_dir = run_dir / "curated" if stage == "mix" else run_dir / "work" / stage
         parts = [str(p) for p in _parts(stats[stage], out_dir)]
@@ -241,7 +257,8 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     tok_parts = [hash_files(sorted((run_dir / "curated").glob("*.parquet")))]
     if cfg.tokenizer.path is not None:
         tok_parts.append(hash_files([cfg.tokenizer.path]))
-    key = stage_key("tokenize", run_dir, *tok_parts, cfg.section_hash("template", "tokenizer", "pack", "seed"), code)
+    key = stage_key("tokenize", run_dir, *tok_parts, cfg.section_hash("template", "tokenizer", "pack", "seed"),
+                    code_version("pipeline.shards"))
     stats["tokenize"] = _run_stage(tokenize_task, "tokenize", run_dir, key, cfg=cfg)
 
     # 6-8. the ledger must balance before anything is published; then the manifest, then the report.
@@ -289,7 +306,7 @@ def curate_and_train(config: str = "configs/demo.toml", overrides: list[str] | N
         return result
 
     manifest_hash = hash_files([run_dir / "manifest.json"])
-    key = stage_key("train", run_dir, manifest_hash, cfg.section_hash("model", "train", "seed"), code_version("trainer"))
+    key = stage_key("train", run_dir, manifest_hash, cfg.section_hash("model", "train", "seed"), code_version("trainer.fit"))
     result["train"] = _run_stage(
         train_task, "train", run_dir, key, cfg=cfg, config_path=str(config), overrides=overrides
     )

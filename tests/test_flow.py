@@ -34,7 +34,9 @@ def _task_states(flow_run_id: UUID) -> dict[str, str]:
 def _run(flow: Any, config: Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     state = flow(config=str(config), overrides=overrides or [], return_state=True)
     assert state.is_completed(), state
-    return state.result(), _task_states(state.state_details.flow_run_id)
+    result = state.result()
+    result["flow_run_id"] = state.state_details.flow_run_id
+    return result, _task_states(state.state_details.flow_run_id)
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,33 @@ def test_rerun_skips_unchanged_stages_and_reruns_changed_ones(trained: tuple[Pat
     assert states["quality"] == "Cached" and states["ingest-expert_chat"] == "Cached", states
     stats = json.loads((rd / "work" / "tokenize" / "stats.json").read_text())
     assert stats["template"] == "llama3"
+
+
+def test_nproc_2_trains_under_torchrun_and_streams_its_output(trained: tuple[Path, Path, dict[str, Any]],
+                                                              server_settings: PrefectServer) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flows.curate import curate_and_train
+
+    cfg, rd, _ = trained
+    result, states = _run(curate_and_train, cfg, ["train.nproc=2", "train.max_steps=1",
+                                                  "before_after.enabled=false"])
+    assert states["train"] == "Completed" and states["ingest-expert_chat"] == "Cached", states
+    assert result["trained"] and result["train"]["nproc"] == 2
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[result["flow_run_id"]])))
+    text = "\n".join(log.message for log in logs)
+    assert "launching" in text and "torch.distributed.run" in text and "--nproc-per-node=2" in text
+    assert "step 1/1" in text  # a trainer progress line, streamed from the torchrun worker
+    metrics = [json.loads(line) for line in (rd / "train" / "metrics.jsonl").read_text().splitlines() if line]
+    assert metrics[-1]["step"] == 1
+
+
+def test_sftforge_train_retrains_an_existing_run(trained: tuple[Path, Path, dict[str, Any]]) -> None:
+    from flows.cli import main
+
+    cfg, rd, _ = trained
+    assert main(["train", str(cfg), "--set", "train.max_steps=1"]) == 0
+    metrics = [json.loads(line) for line in (rd / "train" / "metrics.jsonl").read_text().splitlines() if line]
+    assert metrics[-1]["step"] == 1 and (rd / "model" / "config.json").is_file()

@@ -1,0 +1,93 @@
+"""`sftforge`: user errors are one line and exit 2 (never a traceback); report prints the summary;
+the trainer launcher streams output and fails loudly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PrefectServer, TinySources, write_config
+
+from flows.cli import main
+from flows.launch import TrainingFailed, stream_subprocess, torchrun_command
+from pipeline.canonical import from_records
+from pipeline.ledger import ledger_rows, write_ledger_part
+from pipeline.report import build_report
+from schemas.config import load_config
+
+
+def _err(capsys: pytest.CaptureFixture[str], argv: list[str], code: int = 2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_and_invalid_configs_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         tiny_sources: TinySources) -> None:
+    err = _err(capsys, ["curate", str(tmp_path / "nope.toml")])
+    assert err.strip() == f"sftforge: error: {tmp_path / 'nope.toml'}: config file not found"
+    cfg = write_config(tmp_path / "bad.toml", tiny_sources.sources, tmp_path / "run", sections={"pack": {"max_seq": 1}})
+    err = _err(capsys, ["run", str(cfg)])
+    assert "pack.max_seq: unknown key" in err and str(cfg) in err
+    err = _err(capsys, ["curate", str(cfg), "--set", "nonsense"])
+    assert "expected KEY=VALUE" in err
+    missing = [{**tiny_sources.sources[0], "path": str(tmp_path / "gone.jsonl")}]
+    cfg = write_config(tmp_path / "missing.toml", missing, tmp_path / "run")
+    err = _err(capsys, ["curate", str(cfg)])
+    assert f"source 'expert_chat': {tmp_path / 'gone.jsonl'} does not exist" in err
+
+
+def test_gate_and_serve_need_a_server(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      tiny_sources: TinySources, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    cfg = write_config(tmp_path / "gate.toml", tiny_sources.sources, tmp_path / "run", sections={"gate": {"enabled": True}})
+    assert "gate.require_approval needs a Prefect server" in _err(capsys, ["run", str(cfg)])
+    assert "serve needs a Prefect server" in _err(capsys, ["serve", "--config", str(cfg)])
+
+
+def test_report_and_train_refuse_what_is_not_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no such run directory" in _err(capsys, ["report", str(tmp_path / "none")])
+    assert "no report/report.json" in _err(capsys, ["report", str(tmp_path)])
+    assert "no manifest.json" in _err(capsys, ["train", str(tmp_path)])
+    assert "neither a config file nor a run directory" in _err(capsys, ["train", str(tmp_path / "x")])
+
+
+def test_report_prints_the_summary_and_names_the_html(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      tiny_sources: TinySources) -> None:
+    cfg_path = write_config(tmp_path / "c.toml", tiny_sources.sources, tmp_path / "run")
+    rd = tmp_path / "run"
+    df = from_records([{"conversation_id": "c1", "origin": "expert_chat:1", "source": "expert_chat", "tier": "expert",
+                        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    write_ledger_part(rd, "quality", ledger_rows(df, stage="quality", outcome="dropped", reason="quality.too_short"))
+    build_report(rd, load_config(cfg_path))
+    assert main(["report", str(rd)]) == 0
+    out = capsys.readouterr().out
+    assert "Run tiny" in out and "quality.too_short" in out and "read 1  kept 0" in out
+    assert f"HTML report: {rd / 'report' / 'report.html'}" in out
+    assert main(["report", str(rd), "--config", str(cfg_path)]) == 0  # rebuilt from the run directory
+    assert "quality.too_short" in capsys.readouterr().out
+
+
+def test_trainer_output_streams_and_a_failure_carries_its_tail() -> None:
+    lines: list[str] = []
+    stream_subprocess([sys.executable, "-c", "print('step 1'); print('step 2')"], lines.append)
+    assert lines == ["step 1", "step 2"]
+    with pytest.raises(TrainingFailed, match=r"status 3(.|\n)*boom"):
+        stream_subprocess([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], lines.append)
+    cmd = torchrun_command(Path("/r"), "c.toml", ["train.max_steps=2"], 2)
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "trainer", "/r",
+                       "--config", "c.toml", "--set", "train.max_steps=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_a_failing_flow_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               server_settings: PrefectServer) -> None:
+    """A source file that exists but cannot be read as data: the flow fails, the CLI says so briefly."""
+    bad = tmp_path / "empty_dir"
+    bad.mkdir()
+    cfg = write_config(tmp_path / "c.toml", [{"name": "s", "path": str(bad), "tier": "expert"}], tmp_path / "run")
+    err = _err(capsys, ["curate", str(cfg)], code=1)
+    assert "sftforge: curate failed:" in err and str(bad) in err and "--debug" in err
