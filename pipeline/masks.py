@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from pipeline.templates import ChatTemplate, Messages, Rendered, Turn
+from pipeline.templates import ChatTemplate, Messages, Rendered, TemplateError, Turn
 
 TOO_LONG = "tokenize.too_long"
 NO_SUPERVISED = "tokenize.no_supervised_tokens"
 SPECIAL_IN_CONTENT = "tokenize.special_token_in_content"
+TEMPLATE_ERROR = "tokenize.template_error"
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,9 @@ def encode_conversations(
     specials = special_token_pattern(tok)
     for b0 in range(0, len(conversations), batch_size):
         batch = conversations[b0 : b0 + batch_size]
-        rendered = [template.render(m) for m in batch]
+        rendered, errors = _render_all(template, batch)
         encs = tok.encode_batch([r.text for r in rendered], add_special_tokens=False)
-        for msgs, rend, enc in zip(batch, rendered, encs, strict=True):
+        for msgs, rend, enc, error in zip(batch, rendered, encs, errors, strict=True):
             ids, mask, ends = mask_one(enc, rend, opts)
             n, sup = len(ids), int(mask.sum())
             out.full_tokens.append(n)
@@ -141,7 +142,9 @@ def encode_conversations(
             # A control token written as text inside a message would be encoded as the control token
             # itself (an end-of-turn in the middle of a reply): such data cannot be trained on faithfully.
             found = next(((k, m) for k, m in enumerate(msgs) if specials and specials.search(m["content"])), None)
-            if found is not None:
+            if error is not None:
+                reason, detail = TEMPLATE_ERROR, error
+            elif found is not None:
                 k, m = found
                 reason = SPECIAL_IN_CONTENT
                 detail = (
@@ -175,7 +178,24 @@ def encode_conversations(
             out.reasons.append(reason)
             out.details.append(detail)
             out.truncated.append(truncated)
+    if out.reasons and all(r == TEMPLATE_ERROR for r in out.reasons):
+        raise TemplateError(f"the template rendered no conversation; the first error: {out.details[0]}")
     return out
+
+
+def _render_all(template: ChatTemplate, batch: Sequence[Messages]) -> tuple[list[Rendered], list[str | None]]:
+    """Render a batch; a conversation the template refuses (e.g. its raise_exception on a system
+    message) becomes an empty placeholder and an error sentence, so it is dropped, not fatal."""
+    rendered: list[Rendered] = []
+    errors: list[str | None] = []
+    for m in batch:
+        try:
+            rendered.append(template.render(m))
+            errors.append(None)
+        except TemplateError as e:
+            rendered.append(Rendered("", []))
+            errors.append(str(e))
+    return rendered, errors
 
 
 class SelfCheckError(RuntimeError):

@@ -10,6 +10,7 @@ from tokenize_fixtures import bpe, char_tokenizer, sample_conversations
 from pipeline.masks import (
     NO_SUPERVISED,
     SPECIAL_IN_CONTENT,
+    TEMPLATE_ERROR,
     TOO_LONG,
     MaskOptions,
     SelfCheckError,
@@ -118,6 +119,20 @@ def test_control_token_written_in_content_is_dropped() -> None:
     enc = encode_conversations([TWO_TURNS, bad], template, char_tokenizer(template), MaskOptions())
     assert enc.reasons == [None, SPECIAL_IN_CONTENT]
     assert enc.details[1].startswith("message 0 (user) contains the special token '<|im_end|>' as text")
+
+
+def test_conversation_the_template_refuses_is_dropped_not_fatal() -> None:
+    from pipeline.templates import TemplateError, make_jinja_template
+
+    src = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+           "{% endif %}{{ m['content'] }}</s>{% endfor %}")
+    template = make_jinja_template("nosys", src, bos_token=None, eos_token="</s>")
+    tok = char_tokenizer(template)
+    with_system = [{"role": "system", "content": "s"}, *TWO_TURNS[:2]]
+    enc = encode_conversations([TWO_TURNS, with_system], template, tok, MaskOptions())
+    assert enc.reasons == [None, TEMPLATE_ERROR] and "no system role" in enc.details[1]
+    with pytest.raises(TemplateError, match="rendered no conversation.*no system role"):
+        encode_conversations([with_system], template, tok, MaskOptions())
 
 
 def test_truncate_keeps_whole_turns_with_their_end_token() -> None:
