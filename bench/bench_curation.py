@@ -69,15 +69,22 @@ def peak_rss_mb() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
-def language_agreement(paths: list[str], n: int, seed: int = 0) -> dict:
+def _origins_of(paths: list[str], truth: dict, kind: str) -> list[str]:
+    origins = pl.concat([pl.read_parquet(p, columns=["origin"]) for p in paths])["origin"].to_list()
+    return [o for o in origins if kind in truth.get(truth_key(o), {}).get("kinds", [])]
+
+
+def language_agreement(paths: list[str], n: int, seed: int = 0, only_origins: set[str] | None = None) -> dict:
     """Labels of pipeline.langid.detect_turns (precheck, truncation, cache) vs plain langdetect on
     the full text, on a random sample of user/assistant turns."""
     from pipeline.langid import detect_text, detect_turns
     from schemas.config_curation import LanguageConfig
 
+    frame = pl.concat([pl.read_parquet(p, columns=["origin", "messages"]) for p in paths])
+    if only_origins is not None:
+        frame = frame.filter(pl.col("origin").is_in(list(only_origins)))
     turns = (
-        pl.concat([pl.read_parquet(p, columns=["messages"]) for p in paths])
-        .explode("messages").unnest("messages")
+        frame.explode("messages").unnest("messages")
         .filter(pl.col("role").is_in(["user", "assistant"]))
     )
     rnd = random.Random(seed)
@@ -173,12 +180,19 @@ def main() -> None:
     print(f"cross-tier clusters whose kept member is the highest tier: {good:,}/{ct.height:,} = "
           f"{good / max(ct.height, 1):.4f}")
 
+    stage_of = {truth_key(o): st for o, st in ledger.select("origin", "stage").iter_rows()}
     for kind, codes in PLANTED.items():
         rows = [t["key"] for t in truth.values() if kind in t["kinds"]]
         right = sum(1 for k in rows if (reason.get(k) or "").startswith(codes) or (kind == "pii" and k in redacted))
         any_ = sum(1 for k in rows if k in reason or (kind == "pii" and k in redacted))
-        print(f"{kind}: caught by its rule {right:,}/{len(rows):,} = {right / max(len(rows), 1):.4f}; "
-              f"removed or redacted by any rule {any_ / max(len(rows), 1):.4f}")
+        # Planted records that an earlier stage already removed (e.g. copies of each other, which
+        # dedup drops first) never reach the quality filter that targets them.
+        reached = [k for k in rows if stage_of.get(k) not in ("ingest", "dedup")]
+        right_q = sum(1 for k in reached if (reason.get(k) or "").startswith(codes) or
+                      (kind == "pii" and k in redacted))
+        print(f"{kind}: removed or redacted by any stage {any_:,}/{len(rows):,} = {any_ / max(len(rows), 1):.4f}; "
+              f"caught by its rule {right / max(len(rows), 1):.4f} of all, "
+              f"{right_q:,}/{len(reached):,} = {right_q / max(len(reached), 1):.4f} of those reaching quality")
 
     # Unique records dropped: wrong unless dedup dropped them for a member of their own truth group.
     group: dict[str, str] = {}
@@ -204,7 +218,10 @@ def main() -> None:
     print(f"quality dropped: {qua['dropped']}; redactions {qua['redactions']}; "
           f"contamination hits {qua['contamination_hits']}; languages {qua['lang']}")
     if a.lang_sample:
-        print(f"language: fast path vs plain detect on full text: {language_agreement(parts, a.lang_sample)}")
+        print(f"language, all turns: fast path vs plain detect on full text: {language_agreement(parts, a.lang_sample)}")
+        foreign = [truth_key_origin for truth_key_origin in _origins_of(parts, truth, "non_english")]
+        print("language, turns of non_english records: "
+              f"{language_agreement(parts, a.lang_sample, only_origins=set(foreign))}")
 
 
 if __name__ == "__main__":

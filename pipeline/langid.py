@@ -18,20 +18,23 @@ import xxhash
 
 from schemas.config_curation import LanguageConfig
 
-#: English function words and instruction verbs that are not also common words of the languages
-#: langdetect most often confuses with English (so no "in", "a", "was", "die", "on", "do", "so").
+#: English function words and instruction verbs. A few also occur in other languages ("a", "in",
+#: "on"), but a foreign text does not reach the share below from them alone; words that are
+#: frequent in German, Spanish, French or Portuguese ("was", "die", "so", "as", "de") are left out.
 _EN_WORDS = (
     "the|and|of|to|is|that|for|with|are|this|you|it|be|have|not|by|from|at|can|your|which|their|they|we|"
     "has|what|how|why|would|should|there|these|its|if|but|been|will|more|about|than|them|when|who|an|"
     "write|describe|explain|generate|given|create|give|make|list|provide|following|some|my|me|our|"
-    "could|into|each|other|also|many|most|way|people|new|time|like|just|because|do|does|any"
+    "could|into|each|other|also|many|most|way|people|new|time|like|just|because|do|does|any|a|in|on|i|"
+    "suggest|design|classify|find|build|construct|evaluate|identify|compare|summarize|summarise|translate|"
+    "rewrite|name|convert|calculate|analyze|analyse|develop|sentence|following|story|article|about|between"
 )
 _EN_RE = rf"(?i)\b(?:{_EN_WORDS})\b"
 PRECHECK_MIN_WORDS = 4
 PRECHECK_MIN_SHARE = 0.15
 #: Accented letters above this share of all letters send the text to langdetect (quotes and
 #: dashes are not letters and do not count).
-PRECHECK_MAX_NON_ASCII_LETTERS = 0.005
+PRECHECK_MAX_NON_ASCII_LETTERS = 0.03
 
 _cache: dict[bytes, str | None] = {}
 

@@ -153,10 +153,12 @@ def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) ->
         keep |= (lens[doc] < n) & (pos == 0)
     h = np.full(total, WORD_SEED, dtype=dtype)
     padded = np.concatenate([fh, np.zeros(n, dtype=dtype)])
+    short_docs = short and bool((lens < n).any())
     for i in range(n):
         step = fmix(h * dtype(31) + padded[i : i + total])
-        # An n-gram of a short document stops folding after its last word.
-        h = np.where(i < width, step, h)
+        # An n-gram of a short document stops folding after its last word (other positions that
+        # run past their document's end are dropped below, whatever they hold).
+        h = np.where(i < width, step, h) if short_docs else step
     sel = np.flatnonzero(keep)
     return h[sel], doc[sel], sel
 
