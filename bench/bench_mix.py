@@ -70,16 +70,11 @@ def curate(cfg: RunConfig, run_dir: Path) -> int:
     print(f"  {'ingest':<9} {time.perf_counter() - t0:7.1f} s")
     read = sum(int(s["read"]) for s in ingest)
     parts = [Path(p) for s in ingest for p in s["parts"]]
-    for stage, module, fn, section in (
-        ("dedup", "pipeline.dedup", "run_dedup", "dedup"),
-        ("quality", "pipeline.quality", "run_quality", "quality"),
-    ):
-        try:
-            run = getattr(__import__(module, fromlist=[fn]), fn)
-        except (ImportError, AttributeError):
-            print(f"  {stage:<9} (not available: skipped)")
-            continue
-        parts = [Path(p) for p in timed(stage, run, parts, run_dir, getattr(cfg, section))["parts"]]
+    from pipeline.dedup import run_dedup
+    from pipeline.quality import run_quality
+
+    parts = [Path(p) for p in timed("dedup", run_dedup, parts, run_dir, cfg.dedup)["parts"]]
+    parts = [Path(p) for p in timed("quality", run_quality, parts, run_dir, cfg.quality)["parts"]]
     mix_stats = timed("mix", run_mix, parts, run_dir, cfg, count_tokens=count_tokens)
     timed("tokenize", run_tokenize, run_dir, cfg)
     (run_dir / "work" / "bench_mix_stats.json").write_text(json.dumps(mix_stats["after"], indent=1))
@@ -137,9 +132,7 @@ def diversify_side_by_side(run_dir: Path, cfg: RunConfig, sample: int, threshold
     from pipeline.select import priority_order, sample_keys, score_frame, select, source_quotas
     from pipeline.textnorm import normalize, turns_text
 
-    parts = sorted((run_dir / "work" / "quality").glob("part-*.parquet")) or sorted(
-        (run_dir / "work" / "dedup").glob("part-*.parquet")
-    )
+    parts = sorted((run_dir / "work" / "quality").glob("part-*.parquet"))
     df = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
     df = df.filter(pl.Series(sample_keys(df["conversation_id"], 1) < sample / max(df.height, 1)))
     scfg = cfg.select.model_copy(
