@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
@@ -138,7 +139,8 @@ def main() -> None:
     total = time.perf_counter() - t0
     read = sum(s["read"] for s in ing)
     rss_self, rss_child = peak_rss_mb()
-    print(f"records read {read:,}; kept after quality {qua['kept']:,}")
+    print(f"records read {read:,}; kept after quality {qua['kept']:,}; load average now "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows every stage)")
     print(f"time: ingest {t_ing:.1f}s, dedup {t_ded:.1f}s (signatures {ded.get('signature_seconds')}s), "
           f"quality {t_q:.1f}s; total {total:.1f}s = {read / total:,.0f} records/s (target >= 3,000)")
     print(f"quality seconds per filter (summed over workers): {qua['seconds']}")

@@ -1,8 +1,9 @@
 """Benchmark contamination: word n-gram overlap (default 13 words, as in GPT-3's and Llama's
 decontamination) between a conversation's user turns and the questions of configured benchmarks.
 
-Both sides are normalised (pipeline.textnorm.normalize) and cut into word n-grams hashed to 64 bits
-(textnorm.fold_word_ngrams); a conversation is contaminated when one of its n-gram hashes is one of
+Both sides are normalised (pipeline.textnorm.normalize_texts) and cut into word n-grams hashed to
+64 bits (textnorm.fold_word_ngrams, with polars' fast hash: the index is built in the process that
+uses it, so the values need not be stable across processes or versions); a conversation is contaminated when one of its n-gram hashes is one of
 a benchmark's. Questions shorter than n words (but at least `min_words`) are matched whole.
 """
 
@@ -80,11 +81,11 @@ def build_index(cfg: ContaminationConfig) -> BenchmarkIndex:
         texts = normalize_texts(bench["text"])
         nwords = texts.str.count_matches(r"\w+").to_numpy()
         item_ids = bench["item"].to_list()
-        long_h, long_doc = fold_word_ngrams(texts, cfg.ngram, bits=64, short=False)
+        long_h, long_doc = fold_word_ngrams(texts, cfg.ngram, bits=64, short=False, stable=False)
         groups = [(cfg.ngram, long_h, long_doc)]
         for k in sorted({int(x) for x in nwords if cfg.min_words <= x < cfg.ngram}):
             sel = np.flatnonzero(nwords == k)
-            h, d = fold_word_ngrams(texts.gather(sel), k, bits=64, short=False)
+            h, d = fold_word_ngrams(texts.gather(sel), k, bits=64, short=False, stable=False)
             groups.append((k, h, sel[d]))
         for k, h, d in groups:
             hashes.setdefault(k, []).append(h)
@@ -101,7 +102,7 @@ def find_contaminated(texts: pl.Series, index: BenchmarkIndex) -> list[tuple[str
     n-grams) of its first hit, or None."""
     out: list[tuple[str, str, int] | None] = [None] * texts.len()
     for k, bench_hashes in index.hashes.items():
-        h, doc = fold_word_ngrams(texts, k, bits=64, short=False)
+        h, doc = fold_word_ngrams(texts, k, bits=64, short=False, stable=False)
         hit = np.isin(h, bench_hashes)
         if not hit.any():
             continue

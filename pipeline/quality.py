@@ -161,9 +161,8 @@ def _ngram_fracs(fh: np.ndarray, lens: np.ndarray, wchars: np.ndarray, n: int) -
     heads = np.flatnonzero(new_run & repeated)
     np.maximum.at(top, ds[heads], run_len[run_id[heads]] * chars[order[heads]] / total[ds[heads]])
     dup_start = start[order[repeated]]
-    cover = np.zeros(len(wchars) + 1, dtype=np.int64)
-    np.add.at(cover, dup_start, 1)
-    np.add.at(cover, dup_start + n, -1)
+    size = len(wchars) + 1
+    cover = np.bincount(dup_start, minlength=size) - np.bincount(dup_start + n, minlength=size)
     covered = np.cumsum(cover)[:-1] > 0
     dup_frac = np.bincount(owner, weights=wchars * covered, minlength=len(lens)) / total
     return top, dup_frac
@@ -173,11 +172,15 @@ def repetition(b: Batch, cfg: QualityConfig) -> FilterResult:
     """Gopher-style repetition in assistant turns: duplicate lines, most frequent 2/3/4-grams and
     characters in repeated 5- and 10-grams, each against its configured maximum."""
     t = b.turns("assistant").with_columns(pl.col("content").fill_null("").alias("content"))
-    t = t.filter(pl.col("content").str.count_matches(WORDS) >= cfg.repetition_min_words)
+    # norm has single spaces: counting them counts words without a regex.
+    t = t.filter(pl.col("norm").str.count_matches(" ", literal=True) + 1 >= cfg.repetition_min_words)
     if t.height == 0:
         return FilterResult(np.ones(b.n, dtype=bool), "quality.repetition", [None] * b.n)
+    multi = t.select(pl.int_range(pl.len()).alias("i"), "content").filter(
+        pl.col("content").str.contains("\n", literal=True)
+    )
     lines = (
-        t.select(pl.int_range(pl.len()).alias("i"), pl.col("content").str.split("\n").alias("l"))
+        multi.select("i", pl.col("content").str.split("\n").alias("l"))
         .explode("l")
         .with_columns(pl.col("l").str.strip_chars())
         .filter(pl.col("l") != "")
@@ -186,7 +189,8 @@ def repetition(b: Batch, cfg: QualityConfig) -> FilterResult:
     )
     dup_line = np.zeros(t.height)
     dup_line[lines["i"].to_numpy()] = lines["f"].to_numpy()
-    fh, lens, wchars = word_hashes(t["norm"], bits=64)
+    # Hashes only compared within this batch: polars' fast hash will do.
+    fh, lens, wchars = word_hashes(t["norm"], bits=64, stable=False, spaces=True)
     top2, dup2 = _ngram_fracs(fh, lens, wchars, 2)
     checks = [
         ("duplicate-line fraction", dup_line, cfg.max_dup_line_frac),

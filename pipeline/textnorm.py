@@ -120,22 +120,38 @@ def fmix32(h: np.ndarray) -> np.ndarray:
     return fmix(np.asarray(h, dtype=np.uint32))
 
 
-def word_hashes(texts: pl.Series, bits: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hash of every word of every normalised text, flat in document order (each distinct word is
-    hashed once: xxh32, or xxh3-64 for bits=64); also each text's word count and each word's length."""
+def word_hashes(
+    texts: pl.Series, bits: int = 32, *, stable: bool = True, spaces: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hash of every word of every normalised text, flat in document order; also each text's word
+    count and each word's length in characters.
+
+    stable: each distinct word is hashed once with xxh32 (bits=32) or xxh3-64 (bits=64), values
+    that mean the same in every run and version (MinHash indexes are persisted). Otherwise polars'
+    own 64-bit hash, much faster but only comparable within one process and polars version (good
+    for checks inside one batch). spaces: words are the space-separated pieces (Gopher's words)
+    instead of `\\w+` tokens.
+    """
+    if spaces:
+        w = texts.replace("", None).str.split(" ").fill_null([])
+    else:
+        w = words(texts).fill_null([])
+    lens = w.list.len().to_numpy().astype(np.int64)
+    flat = w.explode().drop_nulls()
+    dtype = np.uint32 if bits == 32 else np.uint64
+    if not stable:
+        fh = flat.hash(seed=0x51F7).to_numpy()
+        return (fh.astype(dtype) if bits == 32 else fh), lens, flat.str.len_chars().to_numpy()
     import xxhash
 
-    dtype = np.uint32 if bits == 32 else np.uint64
     word_hash = xxhash.xxh32_intdigest if bits == 32 else xxhash.xxh3_64_intdigest
-    w = words(texts).fill_null([])
-    lens = w.list.len().to_numpy().astype(np.int64)
-    flat = pl.DataFrame({"w": w.explode().drop_nulls()})
-    uniq = flat.unique("w")
+    frame = pl.DataFrame({"w": flat})
+    uniq = frame.unique("w")
     wh = np.fromiter((word_hash(x) for x in uniq["w"].cast(pl.Binary).to_list()), dtype=dtype, count=uniq.height)
     pl_dtype = pl.UInt32 if bits == 32 else pl.UInt64
-    fh = flat.join(uniq.with_columns(pl.Series("h", wh, dtype=pl_dtype)), on="w", how="left",
-                   maintain_order="left")["h"].to_numpy()
-    return fh, lens, flat["w"].str.len_chars().to_numpy()
+    fh = frame.join(uniq.with_columns(pl.Series("h", wh, dtype=pl_dtype)), on="w", how="left",
+                    maintain_order="left")["h"].to_numpy()
+    return fh, lens, flat.str.len_chars().to_numpy()
 
 
 def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) -> tuple[np.ndarray, ...]:
@@ -163,11 +179,14 @@ def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) ->
     return h[sel], doc[sel], sel
 
 
-def fold_word_ngrams(texts: pl.Series, n: int, *, bits: int = 32, short: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def fold_word_ngrams(
+    texts: pl.Series, n: int, *, bits: int = 32, short: bool = True, stable: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Hash of every word n-gram of every normalised text, without building n-gram strings: each
     distinct word is hashed once (xxh32, or xxh3-64 for bits=64), then h = fmix(h * 31 + w_i) is
     folded over the n words from WORD_SEED. Returns (hashes, document index), in document order.
-    With `short`, a text with 1..n-1 words gives one hash of all its words (as word_ngrams does)."""
-    fh, lens, _ = word_hashes(texts, bits)
+    With `short`, a text with 1..n-1 words gives one hash of all its words (as word_ngrams does).
+    `stable` as in word_hashes."""
+    fh, lens, _ = word_hashes(texts, bits, stable=stable)
     h, doc, _ = fold_ngrams(fh, lens, n, short)
     return h, doc
