@@ -97,6 +97,7 @@ def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
     fn = curate_and_train if flow_name == "run" else curate
     result = fn(config=args.config, overrides=args.set)
     print()
+    _print_summary(Path(result["run_dir"]))
     print(f"run directory: {result['run_dir']}")
     print(f"report: {result['report']}")
     if flow_name == "run":
@@ -109,6 +110,18 @@ def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
         else:
             print("not trained: train.enabled = false")
     return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    import json
+
+    from pipeline.report import summary_text
+
+    try:
+        print(summary_text(json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))))
+        print()
+    except (OSError, ValueError, KeyError):
+        pass  # the paths below still say where everything is
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -145,6 +145,7 @@ TINY_RUN: dict[str, dict[str, Any]] = {
     "pack": {"max_seq_len": 512},
     "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2},
     "train": {"max_steps": 2, "micro_batch_size": 2, "warmup_steps": 0, "save_every": 0, "eval_max_rows": 4},
+    "before_after": {"enabled": False},  # two model loads and generation: on only where a test looks at it
 }
 
 

@@ -3,11 +3,12 @@ the trainer launcher streams output and fails loudly."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import PrefectServer, TinySources, write_config
+from conftest import REPO, PrefectServer, TinySources, write_config
 
 from flows.cli import main
 from flows.launch import TrainingFailed, stream_subprocess, torchrun_command
@@ -83,11 +84,16 @@ def test_trainer_output_streams_and_a_failure_carries_its_tail() -> None:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_a_failing_flow_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               server_settings: PrefectServer) -> None:
-    """A source file that exists but cannot be read as data: the flow fails, the CLI says so briefly."""
+def test_a_failing_flow_is_one_line_and_exit_1(tmp_path: Path, prefect_server: PrefectServer) -> None:
+    """A source path that exists but holds no data: the flow fails, the CLI says so briefly.
+    (A subprocess: the CLI reconfigures Prefect's console logging, which must not leak into pytest.)"""
     bad = tmp_path / "empty_dir"
     bad.mkdir()
     cfg = write_config(tmp_path / "c.toml", [{"name": "s", "path": str(bad), "tier": "expert"}], tmp_path / "run")
-    err = _err(capsys, ["curate", str(cfg)], code=1)
-    assert "sftforge: curate failed:" in err and str(bad) in err and "--debug" in err
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "curate", str(cfg)], cwd=REPO, env=prefect_server.env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("sftforge: curate failed: ") and str(bad) in last[0]
+    assert "--debug" in last[1]

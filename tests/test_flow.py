@@ -48,7 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_sources: TinySources,
 
     tmp = tmp_path_factory.mktemp("flow")
     cfg = write_config(tmp / "run.toml", tiny_sources.sources, tmp / "run",
-                       sections={"train": {"save_initial_model": True}})
+                       sections={"train": {"save_initial_model": True}, "before_after": {"enabled": True}})
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         result, _ = _run(curate_and_train, cfg)
     return cfg, tmp / "run", result
@@ -119,8 +119,7 @@ def test_nproc_2_trains_under_torchrun_and_streams_its_output(trained: tuple[Pat
     from flows.curate import curate_and_train
 
     cfg, rd, _ = trained
-    result, states = _run(curate_and_train, cfg, ["train.nproc=2", "train.max_steps=1",
-                                                  "before_after.enabled=false"])
+    result, states = _run(curate_and_train, cfg, ["train.nproc=2", "train.max_steps=1", "before_after.enabled=false"])
     assert states["train"] == "Completed" and states["ingest-expert_chat"] == "Cached", states
     assert result["trained"] and result["train"]["nproc"] == 2
     with get_client(sync_client=True) as client:
