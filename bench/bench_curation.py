@@ -145,6 +145,10 @@ def main() -> None:
           f"quality {t_q:.1f}s; total {total:.1f}s = {read / total:,.0f} records/s (target >= 3,000)")
     print(f"quality seconds per filter (summed over workers): {qua['seconds']}")
     print(f"peak RSS: main process {rss_self:,.0f} MB, largest child {rss_child:,.0f} MB (target < 4,096)")
+    cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    print(f"CPU time of the run (this process + its workers): {cpu:.1f}s = {read / cpu:,.0f} records per CPU-second; "
+          f"on 2 otherwise idle cores at most {2 * read / cpu:,.0f} records/s")
 
     # --- outcomes per truth key ----------------------------------------------------------------
     truth = {t["key"]: t for t in map(json.loads, (a.corpus / "truth.jsonl").read_text().splitlines())}

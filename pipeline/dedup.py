@@ -302,8 +302,12 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
     sig = np.zeros((n, cfg.num_perm), dtype=np.uint32)
     if cfg.near or cfg.write_index:
         idx = np.flatnonzero(alive)
+        # The openings of longer conversations (first_exchange rule) are signed in the same pass.
+        openers = np.flatnonzero(alive & (exchanges > 1)) if cfg.near and cfg.first_exchange else idx[:0]
         t_sig = time.perf_counter()
-        sig[idx] = _signatures(keys["near_text"].gather(idx), cfg)
+        both_sigs = _signatures(pl.concat([keys["near_text"].gather(idx), keys["first_near"].gather(openers)]), cfg)
+        sig[idx] = both_sigs[: len(idx)]
+        opening_sig = dict(zip(openers.tolist(), range(len(idx), len(idx) + len(openers)), strict=True))
         stats["signature_seconds"] = round(time.perf_counter() - t_sig, 3)
     if cfg.near:
         idx = np.flatnonzero(alive)
@@ -338,7 +342,7 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
         singles = np.flatnonzero(alive & (exchanges == 1))
         longer = np.flatnonzero(alive & (exchanges > 1))
         if len(singles) and len(longer):
-            first_sig = _signatures(keys["first_near"].gather(longer), cfg)
+            first_sig = both_sigs[[opening_sig[r] for r in longer.tolist()]]
             both = np.vstack([sig[singles], first_sig])
             ci, cj, _ = _lsh_pairs(both, cfg)
             cross = (ci < len(singles)) & (cj >= len(singles))
