@@ -79,10 +79,10 @@ class TrainConfig(BaseModel):
         default="auto", description="compute dtype: auto = bf16 autocast on CUDA, float32 on CPU; weights stay fp32"
     )
     compile: bool = Field(default=False, description="torch.compile the model (slow first step)")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+    attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2"] = Field(
         default="auto",
-        description="auto: flash_attention_2 on CUDA when installed (varlen, no mask), else sdpa with a "
-        "block-diagonal mask",
+        description="auto: flash_attention_2 on CUDA when flash-attn is installed, else varlen (SDPA per "
+        "packed segment, no padding); sdpa/eager: padded rows with a block-diagonal causal mask",
     )
     save_initial_model: bool = Field(
         default=True, description="save the starting model to train/model_init/ for the before/after report"

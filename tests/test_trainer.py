@@ -17,7 +17,7 @@ from trainer.data import ShardSet, StepPlan, collate, epoch_order
 from trainer.fit import forward_backward, lr_at, segment_losses, train
 from trainer.inputs import RunDirError, read_manifest, shard_paths
 from trainer.loss import TargetLoss
-from trainer.model import build_model, load_tokenizer
+from trainer.model import build_model, load_tokenizer, resolve_attn
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run_dir(tmp_path_factory.mktemp("trainer") / "run")
 
 
-def _model(run_dir: Path, seed: int = 0):
-    cfg = tiny_config(run_dir)
+#: both ways of keeping packed conversations apart: a block-diagonal mask over padded rows, and
+#: segment-wise attention over one concatenated sequence (trainer.attention)
+ATTN = {"sdpa": False, "varlen": True}
+
+
+def _model(run_dir: Path, attn: str = "sdpa", seed: int = 0):
+    cfg = tiny_config(run_dir, attn_implementation=attn)
     tok = load_tokenizer(run_dir / "tokenizer")
-    return build_model(cfg.model, tok, max_seq_len=64, attn="sdpa", seed=seed), tok
+    name = resolve_attn(cfg.train, torch.device("cpu"))
+    return build_model(cfg.model, tok, max_seq_len=64, attn=name, seed=seed), tok
 
 
 def _train_rows(run_dir: Path):
@@ -50,7 +56,7 @@ def test_loss_equals_reference_cross_entropy_on_targets(run_dir: Path) -> None:
     ids = torch.from_numpy(row.input_ids[:n]).unsqueeze(0)
     mask = torch.from_numpy(row.loss_mask[:n]).unsqueeze(0)
     b = collate([type(row)(row.input_ids[:n], row.loss_mask[:n], row.seq_lens[:1], row.conversation_ids[:1])], 0)
-    losses, _, _ = TargetLoss(model)(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask)
+    losses, _, _ = TargetLoss(model)(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask, b.segments)
     logits = model(input_ids=ids).logits[0, :-1]
     labels = ids[0, 1:].masked_fill(~mask[0, 1:], -100)
     ref = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
@@ -58,8 +64,9 @@ def test_loss_equals_reference_cross_entropy_on_targets(run_dir: Path) -> None:
     torch.testing.assert_close(losses.sum(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_masked_token_target_changes_neither_loss_nor_gradients(run_dir: Path) -> None:
-    model, tok = _model(run_dir)
+@pytest.mark.parametrize("attn", list(ATTN))
+def test_masked_token_target_changes_neither_loss_nor_gradients(run_dir: Path, attn: str) -> None:
+    model, tok = _model(run_dir, attn)
     row = next(r for r in _train_rows(run_dir) if len(r.seq_lens) >= 2)
     # the last token of the first segment is a masked "\n": no target, and (packing isolation) no
     # later token of its own segment or any other segment sees it
@@ -70,9 +77,9 @@ def test_masked_token_target_changes_neither_loss_nor_gradients(run_dir: Path) -
     def loss_and_grads(token: int, target: bool = False):
         ids, mask = row.input_ids.copy(), row.loss_mask.copy()
         ids[end], mask[end] = token, target
-        b = collate([type(row)(ids, mask, row.seq_lens, row.conversation_ids)], pad_id=0)
+        b = collate([type(row)(ids, mask, row.seq_lens, row.conversation_ids)], pad_id=0, flat=ATTN[attn])
         forward_backward(module, [b], global_targets=b.n_targets)
-        losses, _, _ = module(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask)
+        losses, _, _ = module(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask, b.segments)
         return losses.detach().sum().item(), _grads(model)
 
     base_loss, base_grads = loss_and_grads(int(row.input_ids[end]))
@@ -86,33 +93,38 @@ def test_masked_token_target_changes_neither_loss_nor_gradients(run_dir: Path) -
     assert loss != pytest.approx(base_loss, rel=1e-4)
 
 
-def test_batch_8_accum_1_equals_batch_2_accum_4(run_dir: Path) -> None:
-    model, _ = _model(run_dir)
+@pytest.mark.parametrize("attn", list(ATTN))
+def test_batch_8_accum_1_equals_batch_2_accum_4(run_dir: Path, attn: str) -> None:
+    model, _ = _model(run_dir, attn)
     module = TargetLoss(model)
     rows = _train_rows(run_dir)[:8]
+    flat = ATTN[attn]
     counts = [collate(rows[i : i + 2], 0).n_targets for i in range(0, 8, 2)]
     assert len(set(counts)) > 1, "fixture must give uneven target counts per micro-batch"
     total = sum(counts)
-    one = forward_backward(module, [collate(rows, 0)], global_targets=total)
+    one = forward_backward(module, [collate(rows, 0, flat=flat)], global_targets=total)
     g1 = _grads(model)
-    four = forward_backward(module, [collate(rows[i : i + 2], 0) for i in range(0, 8, 2)], global_targets=total)
+    four = forward_backward(
+        module, [collate(rows[i : i + 2], 0, flat=flat) for i in range(0, 8, 2)], global_targets=total
+    )
     g4 = _grads(model)
     assert four == pytest.approx(one, rel=1e-6)
     for name in g1:
         torch.testing.assert_close(g4[name], g1[name], rtol=1e-5, atol=1e-7)
     # the mean of per-micro-batch means (the common bug) would give a different gradient
-    naive = [collate(rows[i : i + 2], 0) for i in range(0, 8, 2)]
+    naive = [collate(rows[i : i + 2], 0, flat=flat) for i in range(0, 8, 2)]
     for b in naive:
         forward_backward(module, [b], global_targets=b.n_targets * 4)
     gn = _grads(model)
     assert not torch.allclose(gn["model.embed_tokens.weight"], g1["model.embed_tokens.weight"], rtol=1e-3)
 
 
-def test_packed_and_unpacked_give_the_same_per_conversation_losses(run_dir: Path) -> None:
-    model, _ = _model(run_dir)
+@pytest.mark.parametrize("attn", list(ATTN))
+def test_packed_and_unpacked_give_the_same_per_conversation_losses(run_dir: Path, attn: str) -> None:
+    model, _ = _model(run_dir, attn)
     module = TargetLoss(model).eval()
     rows = [r for r in _train_rows(run_dir) if len(r.seq_lens) >= 2][:3]
-    packed = segment_losses(module, collate(rows, 0), torch.device("cpu"))
+    packed = segment_losses(module, collate(rows, 0, flat=ATTN[attn]), torch.device("cpu"))
     alone: dict[str, list[float]] = {}
     for r in rows:
         start = 0
@@ -142,6 +154,9 @@ def test_position_ids_restart_and_padding_is_isolated() -> None:
     assert not m[2, 1] and m[3, 2] and not m[2, 3]  # segment b cannot see segment a; causal within b
     assert not b.attention_mask[1, 0, 3, 2] and b.attention_mask[1, 0, 4, 3]  # padding sees only padding
     assert (b.n_tokens, b.n_slots, b.n_targets) == (8, 10, 4)
+    f = collate([r1, r2], pad_id=99, flat=True)  # varlen: one sequence, no padding, segment bounds
+    assert f.position_ids.tolist() == [[0, 1, 0, 1, 2, 0, 1, 2]] and f.attention_mask is None
+    assert f.segments == [(0, 2), (2, 5), (5, 8)] and (f.n_tokens, f.n_slots, f.n_targets) == (8, 8, 4)
 
 
 def test_epoch_order_is_a_seeded_permutation() -> None:

@@ -1,1 +1,17 @@
-"""trainer."""
+"""trainer: supervised fine-tuning on a curated run directory's packed shards.
+
+`trainer.fit.train(run_dir, cfg)` (or `python -m trainer RUN_DIR [--config CFG] [--resume]`, also
+under torchrun) reads manifest.json, shards/ and tokenizer/, and writes model/ (a Hugging Face
+directory), train/metrics.jsonl, train/eval.json, train/summary.json, train/checkpoints/ and, with
+`train.save_initial_model`, train/model_init/.
+
+- Loss: cross-entropy on the tokens whose loss_mask is 1; the label shift happens once, in
+  `trainer.loss.TargetLoss`; a step's loss is normalised by the target tokens of the whole step
+  (all micro-batches, all ranks).
+- Packing: position_ids restart at each segment and a block-diagonal causal mask (SDPA) keeps the
+  packed conversations apart; on CUDA with flash-attn installed, rows are concatenated and the
+  varlen kernels separate segments by position_ids.
+- Defaults (`schemas/config_train.py`): a 2-layer, 128-wide Llama built from scratch, 2 epochs,
+  4 packed rows per step, AdamW 2e-3 with warm-up and cosine decay: the demo trains in a minute or
+  two on a CPU. Set `model.path` to a local HF model directory to fine-tune a real model.
+"""

@@ -48,11 +48,12 @@ class Batch:
     loss_mask: torch.Tensor  # [B, L] bool; True = this token is a target
     position_ids: torch.Tensor  # [B, L] int64, 0 at every segment start
     segment_ids: torch.Tensor  # [B, L] int64, batch-wide segment index (padding: its own index)
-    attention_mask: torch.Tensor | None  # [B, 1, L, L] bool (True = may attend), None on the flash path
+    attention_mask: torch.Tensor | None  # [B, 1, L, L] bool (True = may attend), None on the flat path
     conversation_ids: list[str]  # batch-wide segment index -> conversation_id (real segments only)
     n_tokens: int  # real tokens
     n_slots: int  # tokens computed, padding included
     n_targets: int
+    segments: list[tuple[int, int]] | None = None  # flat path: [start, end) of each segment
 
     def to(self, device: torch.device) -> Batch:
         def mv(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -61,6 +62,7 @@ class Batch:
         return Batch(
             mv(self.input_ids), mv(self.loss_mask), mv(self.position_ids), mv(self.segment_ids),
             mv(self.attention_mask), self.conversation_ids, self.n_tokens, self.n_slots, self.n_targets,
+            self.segments,
         )  # fmt: skip
 
 
@@ -162,7 +164,8 @@ def collate(rows: Sequence[Row], pad_id: int, *, flat: bool = False, build_mask:
     The first token of every segment is forced to be a non-target, whatever the shard says: it has
     no earlier token of its own conversation to be predicted from (CONTRACTS.md), and this is what
     stops the one-token label shift from crossing a segment boundary.
-    `flat=True` concatenates all rows into one [1, sum(L)] sequence (for varlen/flash attention).
+    `flat=True` concatenates all rows into one [1, sum(L)] sequence with no padding and no mask, and
+    lists the segment bounds (for varlen attention: trainer.attention or flash-attn).
     """
     if flat and rows:
         rows = [
@@ -216,7 +219,13 @@ def collate(rows: Sequence[Row], pad_id: int, *, flat: bool = False, build_mask:
         n_tokens=n_tokens,
         n_slots=b * length,
         n_targets=int(mask.sum()),
+        segments=_bounds(rows[0].seq_lens) if flat and rows else None,
     )
+
+
+def _bounds(seq_lens: np.ndarray) -> list[tuple[int, int]]:
+    ends = np.cumsum(seq_lens).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from torch import nn
 from pipeline.rundir import atomic_write_json
 from schemas.config import RunConfig
 from schemas.config_train import TrainConfig
+from trainer.attention import VARLEN
 from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.data import Batch, ShardSet, StepPlan, TrainStream, collate, eval_batches
 from trainer.inputs import conversation_meta, read_manifest, shard_paths
@@ -82,7 +83,7 @@ def forward_backward(
         b = mb.to(device)
         with sync:
             with amp():
-                losses, _, _ = module(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask)
+                losses, _, _ = module(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask, b.segments)
             loss_sum = losses.sum()
             (loss_sum * scale).backward()
         total += float(loss_sum.detach())
@@ -93,7 +94,7 @@ def forward_backward(
 def segment_losses(module: nn.Module, batch: Batch, device: torch.device) -> dict[str, list[float]]:
     """{conversation_id: [loss sum, target tokens]} of one batch (a conversation repeated sums up)."""
     b = batch.to(device)
-    losses, rows, pos = module(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask)
+    losses, rows, pos = module(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask, b.segments)
     seg = b.segment_ids[rows, pos]
     n = len(batch.conversation_ids)
     sums = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, seg, losses.double())
@@ -115,17 +116,17 @@ def _summarise(per_conv: dict[str, list[float]], meta: dict[str, tuple[str, str]
             g[1] += c
             g[2] += 1
         return {
-            k: {"loss": s / c if c else float("nan"), "target_tokens": int(c), "conversations": n}
+            k: {"loss": s / c if c else None, "target_tokens": int(c), "conversations": n}
             for k, (s, c, n) in sorted(groups.items())
         }
 
     total_s = sum(s for s, _ in per_conv.values())
     total_c = sum(c for _, c in per_conv.values())
-    loss = total_s / total_c if total_c else float("nan")
+    loss = total_s / total_c if total_c else None  # None, not NaN: eval.json stays valid JSON
     return {
         "step": step,
         "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)) if total_c else float("nan"),
+        "perplexity": math.exp(min(loss, 50.0)) if loss is not None else None,
         "target_tokens": int(total_c),
         "conversations": len(per_conv),
         "per_source": agg(lambda c: meta.get(c, ("unknown", "unknown"))[0]),
@@ -265,12 +266,15 @@ def _train(
         if threads:
             torch.set_num_threads(threads)
     attn = resolve_attn(tcfg, device)
-    flat = attn == "flash_attention_2"  # varlen kernels: one concatenated sequence, segments by position_ids
+    # varlen attention: one concatenated sequence per micro-batch, no padding, no mask
+    flat = attn in ("flash_attention_2", VARLEN)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     train_shards = ShardSet(splits["train"], cache_units=tcfg.shuffle_window + 1)
     val_shards = ShardSet(splits["val"]) if splits["val"] else None
+    if val_shards is not None and val_shards.n_rows == 0:
+        val_shards = None
     if train_shards.n_rows == 0:
         raise ValueError(f"{run_dir}: the train shards hold no rows; nothing to train on")
     max_len = max(train_shards.max_row_len(), val_shards.max_row_len() if val_shards else 0)
@@ -340,7 +344,8 @@ def _train(
         eval_state["final"] = res
         if is_main:
             atomic_write_json(train_dir / "eval.json", eval_state)
-        say(f"eval step {step}: val loss {res['loss']:.4f} on {res['target_tokens']} target tokens")
+        shown = "n/a" if res["loss"] is None else f"{res['loss']:.4f}"
+        say(f"eval step {step}: val loss {shown} on {res['target_tokens']} target tokens")
         return res
 
     meta = conversation_meta(run_dir) if val_shards is not None else {}

@@ -39,12 +39,15 @@ class TargetLoss(nn.Module):
         loss_mask: torch.Tensor,
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
+        segments: list[tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # the shift: target t (mask[:, t], ids[:, t]) is predicted from the output at t-1
         tmask = loss_mask[:, 1:]
         rows, cols = tmask.nonzero(as_tuple=True)
         targets = input_ids[:, 1:][rows, cols]
         kw = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+        if segments is not None:  # segment bounds for trainer.attention's varlen attention
+            kw["sftforge_segments"] = segments
         if self.head_only:
             hidden = self.lm.get_decoder()(input_ids=input_ids, **kw).last_hidden_state
             logits = self.lm.get_output_embeddings()(hidden[:, :-1][rows, cols])

@@ -68,7 +68,8 @@ def resolve_device(train: TrainConfig) -> torch.device:
 
 
 def resolve_attn(train: TrainConfig, device: torch.device) -> str:
-    """The attention implementation: flash (varlen, packing through position_ids) on CUDA if installed."""
+    """The transformers attn_implementation: flash-attn's varlen kernels on CUDA when installed, else
+    trainer.attention's segment-wise SDPA ("varlen"); "sdpa"/"eager" use a block-diagonal mask."""
     want = train.attn_implementation
     if want == "auto":
         if device.type == "cuda":
@@ -77,10 +78,14 @@ def resolve_attn(train: TrainConfig, device: torch.device) -> str:
 
                 return "flash_attention_2"
             except ImportError:
-                return "sdpa"
-        return "sdpa"
+                pass
+        want = "varlen"
     if want == "flash_attention_2" and device.type != "cuda":
-        raise ModelError("train.attn_implementation = 'flash_attention_2' needs CUDA; use 'sdpa' on the CPU")
+        raise ModelError("train.attn_implementation = 'flash_attention_2' needs CUDA; use 'varlen' on the CPU")
+    if want == "varlen":
+        from trainer.attention import register
+
+        return register()
     return want
 
 
