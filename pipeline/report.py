@@ -309,11 +309,17 @@ def training_section(run_dir: Path) -> dict[str, Any]:
         for k, v in r.items():
             if "loss" in k and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
                 curves.setdefault(k, []).append([float(x), float(v)])
+    ev = _read_json(run_dir / "train" / "eval.json")
+    history = ev.get("history") if isinstance(ev, dict) else None
+    if isinstance(history, list):  # the trainer's evaluations: the validation loss over steps
+        val = [[float(h["step"]), float(h["loss"])] for h in history
+               if isinstance(h, dict) and isinstance(h.get("step"), int | float) and isinstance(h.get("loss"), int | float)]
+        if val:
+            curves["val_loss"] = val
     out: dict[str, Any] = {}
     if curves:
         out["curves"] = curves
         out["steps"] = len(rows)
-    ev = _read_json(run_dir / "train" / "eval.json")
     if ev is not None:
         out["eval"] = ev
     if (run_dir / "model").is_dir():

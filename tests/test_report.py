@@ -84,7 +84,8 @@ def run_dir(tmp_path: Path) -> Path:
     (rd / "train" / "metrics.jsonl").write_text(
         "\n".join(json.dumps({"step": s, "loss": 5.0 - s, "lr": 0.1}) for s in range(1, 4)) + "\n{partial"
     )
-    atomic_write_json(rd / "train" / "eval.json", {"step_0": {"val_loss": 5.5}, "final": {"val_loss": 2.5}})
+    atomic_write_json(rd / "train" / "eval.json", {"history": [{"step": 0, "loss": 5.5}, {"step": 3, "loss": 2.5}],
+                                                   "final": {"step": 3, "loss": 2.5}})
     return rd
 
 
@@ -132,7 +133,8 @@ def test_stage_stats_sections_shards_and_training(run_dir: Path) -> None:
     assert tr["tokens_per_conversation"]["n"] == 3
     assert s["curated"]["languages"] == {"en": 6} and s["curated"]["conversations"] == 6
     assert s["training"]["curves"]["loss"] == [[1.0, 4.0], [2.0, 3.0], [3.0, 2.0]]  # the partial line is skipped
-    assert s["training"]["eval"]["final"]["val_loss"] == 2.5
+    assert s["training"]["curves"]["val_loss"] == [[0.0, 5.5], [3.0, 2.5]]
+    assert s["training"]["eval"]["final"]["loss"] == 2.5
 
 
 def test_html_is_self_contained_and_has_every_section(run_dir: Path) -> None:
