@@ -208,6 +208,13 @@ def make_task_runner(rc: RunnerConfig) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=rc.max_workers)
 
 
+def describe_runner(rc: RunnerConfig) -> str:
+    """Where the mapped tasks run, in words (for the log)."""
+    if rc.kind == "thread":
+        return "a thread pool"
+    return f"the Dask cluster at {rc.address}" if rc.address else f"a local Dask cluster of {rc.n_workers} worker(s)"
+
+
 def _run_stage(task_fn: Any, stage: str, run_dir: Path, key: str, source: str | None = None, **params: Any) -> Any:
     """Call a cached stage task; refresh its cache when its outputs on disk are not the ones it recorded."""
     fresh = not outputs_intact(run_dir, stage, key, source)
@@ -225,11 +232,8 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
         s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(),
                             code_version("pipeline.ingest")) for s in cfg.sources
     }
-    rc = cfg.runner
-    where = "a thread pool" if rc.kind == "thread" else (
-        f"the Dask cluster at {rc.address}" if rc.address else f"a local Dask cluster of {rc.n_workers} worker(s)")
-    logger.info("ingesting %d source(s) in parallel on %s", len(cfg.sources), where)
-    with make_task_runner(rc) as runner:
+    logger.info("ingesting %d source(s) in parallel on %s", len(cfg.sources), describe_runner(cfg.runner))
+    with make_task_runner(cfg.runner) as runner:
         futures = []
         for s in cfg.sources:
             fresh = not outputs_intact(run_dir, "ingest", keys[s.name], s.name)
