@@ -209,7 +209,7 @@ def _same_text(decoded: str, original: str) -> bool:
 
 def check_conversation(
     conversation_id: str, messages: Messages, ids: np.ndarray, mask: np.ndarray, template: ChatTemplate,
-    tok: Tokenizer, opts: MaskOptions,
+    tok: Tokenizer, opts: MaskOptions, enc: Encoding | None = None,
 ) -> None:
     """Decode self-check of one written conversation; raises SelfCheckError naming it.
 
@@ -220,7 +220,8 @@ def check_conversation(
     - every target span inside the written tokens is supervised in full; the first token is not.
     """
     rendered = template.render(messages)
-    enc = tok.encode(rendered.text, add_special_tokens=False)
+    if enc is None:  # callers checking many conversations pass encodings made with encode_batch
+        enc = tok.encode(rendered.text, add_special_tokens=False)
     n = len(ids)
 
     def fail(why: str) -> None:

@@ -228,8 +228,12 @@ def _self_check(
     pick = kept if n == len(kept) else sorted(np.random.default_rng(cfg.seed).choice(kept, n, replace=False).tolist())
     cids = df.get_column("conversation_id")
     msgs = df.get_column("messages")
-    for i in pick:
-        check_conversation(cids[i], msgs[i].to_list(), enc.ids[i], enc.masks[i], template, tok, opts)
+    for b0 in range(0, len(pick), cfg.tokenizer.batch_size):
+        batch = pick[b0 : b0 + cfg.tokenizer.batch_size]
+        convs = [msgs[i].to_list() for i in batch]
+        encs = tok.encode_batch([template.render(c).text for c in convs], add_special_tokens=False)
+        for i, conv, e in zip(batch, convs, encs, strict=True):
+            check_conversation(cids[i], conv, enc.ids[i], enc.masks[i], template, tok, opts, enc=e)
     return len(pick)
 
 
