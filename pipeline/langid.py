@@ -29,7 +29,9 @@ _EN_WORDS = (
     "suggest|design|classify|find|build|construct|evaluate|identify|compare|summarize|summarise|translate|"
     "rewrite|name|convert|calculate|analyze|analyse|develop|sentence|following|story|article|about|between"
 )
-_EN_RE = rf"(?i)\b(?:{_EN_WORDS})\b"
+#: On lower-cased text; ASCII word boundaries keep the regex on its fast (DFA) engine, which Unicode
+#: \b would not.
+_EN_RE = rf"(?-u:\b)(?:{_EN_WORDS})(?-u:\b)"
 PRECHECK_MIN_WORDS = 4
 PRECHECK_MIN_SHARE = 0.15
 #: Accented letters above this share of all letters send the text to langdetect (quotes and
@@ -59,13 +61,20 @@ def detect_text(text: str) -> str | None:
         return None
 
 
-def detect_turns(texts: pl.Series, cfg: LanguageConfig) -> tuple[pl.Series, np.ndarray]:
-    """Language label of each text (None = abstain) and its number of letters."""
-    feats = pl.DataFrame({"t": texts}).select(
-        pl.col("t").str.count_matches(r"\p{L}").fill_null(0).alias("letters"),
-        pl.col("t").str.count_matches(r"[\p{L}&&[^\x00-\x7F]]").fill_null(0).alias("non_ascii"),
-        pl.col("t").str.count_matches(r"\w+").fill_null(0).alias("words"),
-        pl.col("t").str.count_matches(_EN_RE).fill_null(0).alias("en_words"),
+def detect_turns(
+    texts: pl.Series, cfg: LanguageConfig, norm: pl.Series | None = None
+) -> tuple[pl.Series, np.ndarray]:
+    """Language label of each text (None = abstain) and its number of letters. `norm` is the
+    texts normalised (textnorm.normalize_texts), when the caller has it already."""
+    if norm is None:
+        from pipeline.textnorm import normalize_texts
+
+        norm = normalize_texts(texts)
+    feats = pl.DataFrame({"t": texts.fill_null(""), "n": norm}).select(
+        pl.col("t").str.count_matches(r"\p{L}").alias("letters"),
+        pl.col("t").str.count_matches(r"[\p{L}&&[^\x00-\x7F]]").alias("non_ascii"),
+        (pl.col("n").str.count_matches(" ", literal=True) + (pl.col("n") != "").cast(pl.UInt32)).alias("words"),
+        pl.col("n").str.count_matches(_EN_RE).alias("en_words"),
     )
     letters = feats["letters"].to_numpy()
     labels: list[str | None] = [None] * texts.len()

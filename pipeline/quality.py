@@ -275,7 +275,7 @@ def language(b: Batch, cfg: QualityConfig) -> FilterResult:
 
     lc = cfg.language
     t = b.turns("user", "assistant")
-    labels, letters = detect_turns(t["content"].fill_null(""), lc)
+    labels, letters = detect_turns(t["content"].fill_null(""), lc, norm=t["norm"])
     t = t.select("row").with_columns(labels.alias("lang"), pl.Series("letters", letters, dtype=pl.Int64))
     t = t.filter(pl.col("lang").is_not_null())
     per = t.group_by("row", "lang").agg(pl.col("letters").sum())

@@ -145,38 +145,60 @@ def word_hashes(
     import xxhash
 
     word_hash = xxhash.xxh32_intdigest if bits == 32 else xxhash.xxh3_64_intdigest
-    frame = pl.DataFrame({"w": flat})
-    uniq = frame.unique("w")
-    wh = np.fromiter((word_hash(x) for x in uniq["w"].cast(pl.Binary).to_list()), dtype=dtype, count=uniq.height)
-    pl_dtype = pl.UInt32 if bits == 32 else pl.UInt64
-    fh = frame.join(uniq.with_columns(pl.Series("h", wh, dtype=pl_dtype)), on="w", how="left",
-                    maintain_order="left")["h"].to_numpy()
+    # Distinct words found through polars' fast hash (a 64-bit collision between two different
+    # words of one batch is a ~1e-9 event), then only those are hashed with the stable function.
+    frame = pl.DataFrame({"k": flat.hash(seed=0x51F7)})
+    uniq = frame.with_row_index("i").group_by("k").agg(pl.col("i").min())
+    wh = np.fromiter((word_hash(x) for x in flat.gather(uniq["i"]).cast(pl.Binary).to_list()), dtype=dtype,
+                     count=uniq.height)
+    lookup = uniq.select("k", pl.Series("v", wh, dtype=pl.UInt32 if bits == 32 else pl.UInt64))
+    fh = frame.join(lookup, on="k", how="left", maintain_order="left")["v"].to_numpy()
     return fh, lens, flat.str.len_chars().to_numpy()
+
+
+def _fold(fh: np.ndarray, n: int) -> np.ndarray:
+    """h_p = fold of the n word hashes starting at every flat position p (positions whose n-gram
+    runs past the end of the column read zeros; callers drop them)."""
+    dtype = fh.dtype.type
+    total = len(fh)
+    padded = np.concatenate([fh, np.zeros(n, dtype=dtype)])
+    h = np.full(total, WORD_SEED, dtype=dtype)
+    mult = dtype(31)
+    for i in range(n):
+        np.multiply(h, mult, out=h)
+        np.add(h, padded[i : i + total], out=h)
+        h = fmix(h)
+    return h
 
 
 def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) -> tuple[np.ndarray, ...]:
     """n-gram hashes from flat word hashes (see fold_word_ngrams); returns (hashes, document index,
     start position of each n-gram in the flat word column)."""
-    dtype = fh.dtype.type
     total = len(fh)
     starts = np.zeros(len(lens), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
     doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
     pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lens)
-    width = np.minimum(lens, n)[doc]
-    keep = pos <= (lens - n)[doc]
+    sel = np.flatnonzero(pos <= (lens - n)[doc])
+    h = _fold(fh, n)[sel] if len(sel) else np.zeros(0, dtype=fh.dtype)
     if short:
-        keep |= (lens[doc] < n) & (pos == 0)
-    h = np.full(total, WORD_SEED, dtype=dtype)
-    padded = np.concatenate([fh, np.zeros(n, dtype=dtype)])
-    short_docs = short and bool((lens < n).any())
-    for i in range(n):
-        step = fmix(h * dtype(31) + padded[i : i + total])
-        # An n-gram of a short document stops folding after its last word (other positions that
-        # run past their document's end are dropped below, whatever they hold).
-        h = np.where(i < width, step, h) if short_docs else step
-    sel = np.flatnonzero(keep)
-    return h[sel], doc[sel], sel
+        # A document with 1..n-1 words: one hash of all its words, folded over just those.
+        extra_h, extra_sel = [], []
+        for k in range(1, n):
+            docs_k = np.flatnonzero(lens == k)
+            if len(docs_k):
+                words_k = fh[starts[docs_k][:, None] + np.arange(k)]  # (documents, k)
+                hk = np.full(len(docs_k), WORD_SEED, dtype=fh.dtype)
+                for i in range(k):
+                    hk = fmix(hk * fh.dtype.type(31) + words_k[:, i])
+                extra_h.append(hk)
+                extra_sel.append(starts[docs_k])
+        if extra_sel:
+            sel = np.concatenate([sel, *extra_sel])
+            h = np.concatenate([h, *extra_h])
+            order = np.argsort(sel, kind="stable")
+            sel, h = sel[order], h[order]
+    return h, doc[sel], sel
 
 
 def fold_word_ngrams(
