@@ -3,7 +3,7 @@ hash function, seed, `num_perm` and scheme.
 
 datasketch hashes each shingle and applies `num_perm` permutations one document at a time. Here a
 whole batch is done at once: word n-grams of all documents come out of polars as one flat column,
-each is hashed (the only per-shingle Python call left: one C call), and then, per permutation, `a*h+b` runs over every shingle of the batch
+each distinct one is hashed (the only per-shingle Python call left: one C call), and then, per permutation, `a*h+b` runs over every shingle of the batch
 and `np.minimum.reduceat` takes the minimum per document. The permutation parameters are taken from
 datasketch itself, so seeds mean the same thing.
 
@@ -75,14 +75,16 @@ def permutations(num_perm: int, seed: int, scheme: str) -> tuple[np.ndarray, np.
 
 
 def hash_strings(strings: pl.Series, hash: str = "sha1") -> np.ndarray:
-    """32-bit hash of each string's utf-8 bytes (uint32 array).
-
-    Hashing every occurrence measured as fast as hashing distinct strings once and joining back
-    (bench/bench_minhash.py), so it is the plain loop: one C call per shingle.
-    """
+    """32-bit hash of each string's utf-8 bytes (uint32 array). Shingles repeat across documents,
+    so each distinct string is hashed once: distinct values are found with polars' fast 64-bit hash
+    (a collision between two different shingles of one batch is a ~1e-9 event) and joined back."""
     fn = HASHES[hash]
-    data = strings.cast(pl.Binary).to_list()
-    return np.fromiter((fn(x) for x in data), dtype=np.uint32, count=len(data))
+    frame = pl.DataFrame({"k": strings.hash(seed=0x51F7)})
+    uniq = frame.with_row_index("i").group_by("k").agg(pl.col("i").min())
+    data = strings.gather(uniq["i"]).cast(pl.Binary).to_list()
+    values = np.fromiter((fn(x) for x in data), dtype=np.uint32, count=len(data))
+    lookup = uniq.select("k", pl.Series("v", values, dtype=pl.UInt32))
+    return frame.join(lookup, on="k", how="left", maintain_order="left")["v"].to_numpy()
 
 
 def signatures_from_hashes(
