@@ -56,9 +56,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(default=True, description="run the trainer after curation")
-    epochs: float = Field(default=2.0, gt=0, le=10_000, description="passes over the train shards (if max_steps=0)")
+    epochs: float = Field(default=3.0, gt=0, le=10_000, description="passes over the train shards (if max_steps=0)")
     max_steps: int = Field(default=0, ge=0, description="optimizer steps; 0: derived from epochs")
-    micro_batch_size: int = Field(default=4, ge=1, le=65_536, description="packed rows per forward pass")
+    micro_batch_size: int = Field(default=2, ge=1, le=65_536, description="packed rows per forward pass")
     grad_accum: int = Field(default=1, ge=1, le=65_536, description="micro-batches per optimizer step (per process)")
     lr: float = Field(default=2e-3, gt=0, le=10, description="peak learning rate")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="final lr of the cosine decay, as a share of lr")

@@ -11,7 +11,7 @@ directory), train/metrics.jsonl, train/eval.json, train/summary.json, train/chec
 - Packing: position_ids restart at each segment and a block-diagonal causal mask (SDPA) keeps the
   packed conversations apart; on CUDA with flash-attn installed, rows are concatenated and the
   varlen kernels separate segments by position_ids.
-- Defaults (`schemas/config_train.py`): a 2-layer, 128-wide Llama built from scratch, 2 epochs,
-  4 packed rows per step, AdamW 2e-3 with warm-up and cosine decay: the demo trains in a minute or
-  two on a CPU. Set `model.path` to a local HF model directory to fine-tune a real model.
+- Defaults (`schemas/config_train.py`): a 2-layer, 128-wide Llama built from scratch, 3 epochs,
+  2 packed rows per step, AdamW 2e-3 with warm-up and cosine decay: the demo (about 20 rows of
+  2048 tokens) takes ~30 steps, a minute or two on a CPU. Set `model.path` to a local HF model directory to fine-tune a real model.
 """
