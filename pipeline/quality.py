@@ -401,9 +401,13 @@ def filter_frame(df: pl.DataFrame, cfg: QualityConfig) -> QualityResult:
     )
     dropped: list[pl.DataFrame] = []
     stats: dict = {"input": df.height, "seconds": {}, "filters": {}}
+    switched_off = {"language": not cfg.language.enabled, "pii": not cfg.pii.enabled,
+                    "contamination": not cfg.contamination.enabled}
     for name in cfg.filters:
         if cur.height == 0:
             break
+        if switched_off.get(name):
+            continue
         t0 = time.perf_counter()
         res = FILTERS[name](Batch(cur), cfg)
         for col, values in res.columns.items():

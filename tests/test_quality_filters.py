@@ -198,3 +198,11 @@ def test_filter_frame_first_failing_filter_names_the_reason() -> None:
 def test_unknown_filter_name_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="unknown filter"):
         QualityConfig(filters=["empty", "spelling"])
+
+
+def test_sub_switches_turn_filters_off() -> None:
+    df = frame([("¿Qué hora es en Madrid ahora mismo?", "Son las tres de la tarde en Madrid, según el reloj."),
+                ("How do I contact Bob?", "Please mail bob@example.org and tell him the meeting moved to Friday.")])
+    res = filter_frame(df, QualityConfig(workers=1, language={"enabled": False}, pii={"enabled": False}))
+    assert res.kept.height == 2 and res.kept["pii_redactions"].to_list() == [0, 0]
+    assert filter_frame(df, QualityConfig(workers=1)).kept.height == 1
