@@ -4,7 +4,8 @@ The same tiny Llama (same config, same seed-initialised weights), the same token
 template, the same curated conversations (real Alpaca records from ../shared/datasets), one epoch each,
 so every system trains on the same target tokens. TRL runs with `assistant_only_loss=True` in its
 messages format (the run tokenizer's template carries `{% generation %}` markers), first in its
-default configuration (padded batches, no packing), then with `packing=True` (BFD, padding-free).
+default configuration (padded batches, no packing), then with `packing=True` (BFD, padding-free);
+`--only trl_fp32 --only trl_packing_fp32` adds both with bf16 and gradient checkpointing off.
 sftforge trains on the shards the tokenize stage packed (`pipeline.shards.run_tokenize`).
 
 Prints target tokens/s of each, the ratios, and the share of computed token slots that are padding.
@@ -93,7 +94,11 @@ class CountingCollator:
         return out
 
 
-def run_trl(run_dir: Path, cfg: Any, conversations: list[list[dict]], packing: bool, out: Path) -> dict:
+def run_trl(
+    run_dir: Path, cfg: Any, conversations: list[list[dict]], packing: bool, out: Path, cpu_tuned: bool = False
+) -> dict:
+    """One TRL SFTTrainer epoch. SFTConfig's defaults include bf16 autocast and gradient checkpointing,
+    slow on a CPU: `cpu_tuned` turns both off (what a user tuning TRL for this CPU would do)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -119,6 +124,7 @@ def run_trl(run_dir: Path, cfg: Any, conversations: list[list[dict]], packing: b
         dataloader_num_workers=0,
         seed=cfg.seed,
         disable_tqdm=True,
+        **({"bf16": False, "gradient_checkpointing": False} if cpu_tuned else {}),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     counter = CountingCollator(trainer.data_collator)
@@ -182,7 +188,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--micro-batch", type=int, default=4, help="sftforge packed rows per micro-batch")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    ap.add_argument("--only", choices=["sftforge", "trl", "trl_packing"], action="append")
+    variants = ["sftforge", "trl", "trl_packing", "trl_fp32", "trl_packing_fp32"]
+    ap.add_argument("--only", choices=variants, action="append", help="default: sftforge, trl, trl_packing")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,7 +211,8 @@ def main() -> None:
             if name == "sftforge":
                 results[name] = run_sftforge(run_dir, cfg)
             else:
-                results[name] = run_trl(run_dir, cfg, convs, name == "trl_packing", tmp / name)
+                packing, tuned = name.startswith("trl_packing"), name.endswith("_fp32")
+                results[name] = run_trl(run_dir, cfg, convs, packing, tmp / name, cpu_tuned=tuned)
             r = results[name]
             print(f"{name:12s} target tokens {r['target_tokens']:>9,}  steps {r['steps']:>5}  wall {r['wall_s']:7.1f}s  "
                   f"{r['target_tokens_per_s']:>8,.0f} target tok/s  ({r['target_tokens_per_cpu_s']:,.0f} per CPU-s)  "
@@ -214,7 +222,7 @@ def main() -> None:
             # shared, and a neighbour's load changes wall time far more than CPU time
             for key in ("target_tokens_per_s", "target_tokens_per_cpu_s"):
                 base = results["sftforge"][key]
-                for name in ("trl", "trl_packing"):
+                for name in variants[1:]:
                     if name in results:
                         print(f"sftforge / {name} ({key}): {base / results[name][key]:.2f}x")
         print(json.dumps(results, indent=1))
