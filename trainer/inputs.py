@@ -7,12 +7,13 @@ the format and checks); otherwise manifest.json is read here with a tolerant rea
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from pipeline.manifest import ManifestError, sha256_file
+from pipeline.manifest import read_manifest as pipeline_read_manifest
 
 
 class RunDirError(ValueError):
@@ -28,18 +29,9 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
             "run `sftforge curate CONFIG` first, or point the trainer at a finished run directory"
         )
     try:
-        from pipeline.manifest import read_manifest as pipeline_read
-    except ImportError:
-        pipeline_read = None
-    if pipeline_read is not None:
-        manifest = pipeline_read(run_dir)
-        if hasattr(manifest, "model_dump"):
-            manifest = manifest.model_dump(mode="json")
-        return dict(manifest)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path}: not valid JSON ({e}); rebuild the run directory") from None
+        return dict(pipeline_read_manifest(run_dir))
+    except ManifestError as e:
+        raise RunDirError(str(e)) from None
 
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -51,14 +43,6 @@ def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(shards, list):
         return [dict(e) if isinstance(e, dict) else {"path": e} for e in shards]
     raise RunDirError("manifest.json has no 'shards' list; rebuild the run directory with `sftforge curate`")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard_paths(run_dir: Path, manifest: dict[str, Any], *, verify: bool = True) -> dict[str, list[Path]]:
@@ -79,7 +63,7 @@ def shard_paths(run_dir: Path, manifest: dict[str, Any], *, verify: bool = True)
         if not path.is_file():
             raise RunDirError(f"{path}: listed in manifest.json but missing; rebuild the run directory")
         digest = e.get("sha256")
-        if verify and digest and _sha256(path) != digest:
+        if verify and digest and sha256_file(path) != digest:
             raise RunDirError(f"{path}: sha256 differs from manifest.json (file changed since curation); rebuild")
         out[split].append(path)
     for split in out:
