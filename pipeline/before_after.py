@@ -89,6 +89,15 @@ def load_model(model_dir: Path, fallback_tokenizer_dirs: list[Path]) -> tuple[An
     return model, tokenizer
 
 
+def shown_answer(text: str) -> str:
+    """The answer as a reader should see it: stripped, but a whitespace-only answer (what a barely
+    trained model often emits under greedy decoding) is said, not shown as an empty cell."""
+    answer = text.strip()
+    if text and not answer:
+        return f"(whitespace only: {text[:12]!r}{'…' if len(text) > 12 else ''})"
+    return answer
+
+
 def greedy_answers(
     model: Any,
     tokenizer: Any,
@@ -118,7 +127,7 @@ def greedy_answers(
         new = gen[0, len(ids) :].tolist()
         out.append(
             {
-                "answer": tokenizer.decode(new, skip_special_tokens=True).strip(),
+                "answer": shown_answer(tokenizer.decode(new, skip_special_tokens=True)),
                 "new_tokens": len(new),
                 "stopped": eos is not None and eos in new,
                 "prompt_truncated": truncated,

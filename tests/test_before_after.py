@@ -186,3 +186,12 @@ def test_loss_table_handles_missing_groups_and_nan():
     table = loss_table({"initial": first, "final": last})
     assert table["overall"]["before"] is None and table["overall"]["change"] is None
     assert table["per_source"]["syn"]["after"] is None and table["per_source"]["exp"]["after"] == 2.0
+
+
+def test_whitespace_only_answer_is_said_not_blank():
+    from pipeline.before_after import shown_answer
+
+    assert shown_answer("  Paris. \n") == "Paris."
+    assert shown_answer("\n\n\n") == "(whitespace only: '\\n\\n\\n')"
+    assert shown_answer("\n" * 20).endswith("…)")
+    assert shown_answer("") == ""
