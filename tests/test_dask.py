@@ -3,6 +3,7 @@ holds exactly what the default thread pool produces."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import polars as pl
@@ -16,13 +17,19 @@ def _frame(files: list[Path], sort: list[str]) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(f) for f in files]).sort(sort)
 
 
-def _flow_logs(flow_run_id: object) -> str:
+def _flow_logs(flow_run_id: object, expect: str) -> str:
+    """The flow run's log, once `expect` has arrived: logs reach the server in batches."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return "\n".join(log.message for log in logs)
+        for _ in range(60):
+            text = "\n".join(log.message for log in client.read_logs(log_filter=log_filter))
+            if expect in text:
+                break
+            time.sleep(0.5)
+    return text
 
 
 def test_dask_runner_gives_the_same_run_directory(tmp_path: Path, tiny_sources: TinySources,
@@ -39,7 +46,8 @@ def test_dask_runner_gives_the_same_run_directory(tmp_path: Path, tiny_sources: 
                            sections={"runner": {"kind": kind, "n_workers": 2}})
         state = curate(config=str(cfg), return_state=True)
         assert state.is_completed(), state
-        runs[kind] = (tmp_path / kind, state.result(), _flow_logs(state.state_details.flow_run_id))
+        runs[kind] = (tmp_path / kind, state.result(), _flow_logs(state.state_details.flow_run_id,
+                                                                    "worker(s)" if kind == "dask" else "thread pool"))
 
     (a, ra, _), (b, rb, dask_logs) = runs["thread"], runs["dask"]
     assert "on a local Dask cluster of 2 worker(s)" in dask_logs

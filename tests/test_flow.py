@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -135,9 +136,15 @@ def test_nproc_2_trains_under_torchrun_and_streams_its_output(trained: tuple[Pat
     result, states = _run(curate_and_train, cfg, ["train.nproc=2", "train.max_steps=1", "before_after.enabled=false"])
     assert states["train"] == "Completed" and states["ingest-expert_chat"] == "Cached", states
     assert result["trained"] and result["train"]["nproc"] == 2
+    # Logs reach the server in batches, after the flow returns: poll until the trainer's last line
+    # has arrived (a bounded wait for delivery, not a limit on how fast anything runs).
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[result["flow_run_id"]]))
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[result["flow_run_id"]])))
-    text = "\n".join(log.message for log in logs)
+        for _ in range(60):
+            text = "\n".join(log.message for log in client.read_logs(log_filter=log_filter))
+            if "step 1/1" in text:
+                break
+            time.sleep(0.5)
     assert "launching" in text and "torch.distributed.run" in text and "--nproc-per-node=2" in text
     assert "step 1/1" in text  # a trainer progress line, streamed from the torchrun worker
     metrics = [json.loads(line) for line in (rd / "train" / "metrics.jsonl").read_text().splitlines() if line]
