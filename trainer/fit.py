@@ -332,6 +332,12 @@ def _train(
         save_hf(model, tokenizer, train_dir / "model_init")
     metrics = _Metrics(train_dir / "metrics.jsonl", is_main, start_step if found else None)
 
+    def checkpoint_state(step: int) -> dict[str, Any]:
+        """What a resume needs besides the weights and optimizer: the batch layout and data position."""
+        epoch, row_in_epoch = stream.position(step)
+        return {"rows_per_step": plan.rows_per_step, "total_steps": total_steps, "eval_state": eval_state,
+                "epoch": epoch, "row_in_epoch": row_in_epoch}
+
     def run_eval(step: int) -> dict[str, Any] | None:
         if val_shards is None:
             return None
@@ -401,12 +407,7 @@ def _train(
         bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{done_tokens / elapsed:,.0f}", refresh=False)
         bar.update(1)
         if tcfg.save_every and n % tcfg.save_every == 0 and n < total_steps and is_main:
-            save_checkpoint(
-                ckpt_root, n, model, optimizer,
-                {"rows_per_step": plan.rows_per_step, "total_steps": total_steps, "eval_state": eval_state,
-                 "epoch": stream.position(n)[0], "row_in_epoch": stream.position(n)[1]},
-                tcfg.keep_checkpoints,
-            )  # fmt: skip
+            save_checkpoint(ckpt_root, n, model, optimizer, checkpoint_state(n), tcfg.keep_checkpoints)
         if tcfg.eval_every and n % tcfg.eval_every == 0 and n < total_steps:
             run_eval(n)
         if n % every == 0 or n == total_steps or n == start_step + 1:
@@ -421,12 +422,7 @@ def _train(
     final = run_eval(total_steps) if start_step < total_steps or "final" not in eval_state else eval_state["final"]
     if is_main:
         save_hf(model, tokenizer, run_dir / "model")
-        save_checkpoint(
-            ckpt_root, total_steps, model, optimizer,
-            {"rows_per_step": plan.rows_per_step, "total_steps": total_steps, "eval_state": eval_state,
-             "epoch": stream.position(total_steps)[0], "row_in_epoch": stream.position(total_steps)[1]},
-            tcfg.keep_checkpoints,
-        )  # fmt: skip
+        save_checkpoint(ckpt_root, total_steps, model, optimizer, checkpoint_state(total_steps), tcfg.keep_checkpoints)
         say(f"saved model to {run_dir / 'model'}")
     if world > 1:
         dist.barrier()
