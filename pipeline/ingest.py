@@ -29,7 +29,7 @@ from pipeline.ledger import LedgerImbalance, ledger_rows, write_ledger_part
 from pipeline.readers.files import RawItem, RecordError, SourceError, data_files, iter_file, to_json_text
 from pipeline.readers.formats import TRANSFORMS, detect_format
 from pipeline.readers.oasst import assemble
-from pipeline.rundir import RunDir, atomic_write_json
+from pipeline.rundir import RunDir, atomic_write_json, atomic_write_table
 from schemas.config_sources import SourceConfig
 from schemas.conversation import conversation_id
 
@@ -106,10 +106,7 @@ class _PartWriter:
         # Written with pyarrow directly: a polars frame in between cost ~20% more memory and time.
         table = pa.table({c: columns[c] for c in CANONICAL_SCHEMA}, schema=PART_SCHEMA)
         self._reset()
-        path = self.out_dir / f"part-{len(self.parts):05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        path = atomic_write_table(table, self.out_dir / f"part-{len(self.parts):05d}.parquet")
         self.parts.append(path)
         self.rows_written += table.num_rows
 

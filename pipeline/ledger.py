@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.rundir import atomic_write_parquet
+
 LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "origin": pl.String,
     "source": pl.String,
@@ -68,13 +70,8 @@ def ledger_rows(
 
 def write_ledger_part(run_dir: str | Path, part: str, rows: pl.DataFrame) -> Path:
     """Write (replace) one part of the ledger, atomically."""
-    out = Path(run_dir) / "ledger" / f"{part}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
     rows = rows.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()])
-    tmp = out.with_suffix(".parquet.tmp")
-    rows.write_parquet(tmp)
-    tmp.replace(out)
-    return out
+    return atomic_write_parquet(rows, Path(run_dir) / "ledger" / f"{part}.parquet")
 
 
 def read_ledger(run_dir: str | Path) -> pl.DataFrame:

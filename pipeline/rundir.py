@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
+def _tmp_then_rename(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write through a temporary name in the same folder, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.write_parquet(tmp, statistics=False)
+    write(tmp)
     tmp.replace(path)
     return path
+
+
+def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
+    return _tmp_then_rename(path, lambda tmp: df.write_parquet(tmp, statistics=False))
+
+
+def atomic_write_table(table: pa.Table, path: str | Path, **write_options: Any) -> Path:
+    """A pyarrow table to Parquet atomically; `write_options` go to `pyarrow.parquet.write_table`."""
+    return _tmp_then_rename(path, lambda tmp: pq.write_table(table, tmp, **write_options))

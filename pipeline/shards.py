@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from pipeline.ledger import ledger_rows, write_ledger_part
 from pipeline.masks import Encoded, MaskOptions, SelfCheckError, check_conversation, encode_conversations
 from pipeline.packing import best_fit_decreasing
-from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet, atomic_write_table
 from pipeline.templates import ChatTemplate, load_template
 from pipeline.tokenizer import (
     cached_bpe,
@@ -181,10 +180,9 @@ def _write_shards(
             ],
             schema=SHARD_SCHEMA,
         )
-        path = out_dir / f"{split}-{s:05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
-        tmp.replace(path)
+        path = atomic_write_table(
+            table, out_dir / f"{split}-{s:05d}.parquet", compression="zstd", write_statistics=False
+        )
         entries.append(
             {"path": f"shards/{path.name}", "split": split, "rows": len(chunk), "tokens": int(row_tokens.sum())}
         )
