@@ -25,10 +25,10 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.dedup import run_dedup
-from pipeline.ingest import ingest_source
-from pipeline.ledger import read_ledger
-from pipeline.quality import run_quality
+from pipeline.core.ledger import read_ledger
+from pipeline.dedup.stage import run_dedup
+from pipeline.ingest.stage import ingest_source
+from pipeline.quality.stage import run_quality
 from schemas.config_curation import BenchmarkFile, ContaminationConfig, DedupConfig, QualityConfig
 from schemas.config_sources import SourceConfig
 
@@ -76,9 +76,9 @@ def _origins_of(paths: list[str], truth: dict, kind: str) -> list[str]:
 
 
 def language_agreement(paths: list[str], n: int, seed: int = 0, only_origins: set[str] | None = None) -> dict:
-    """Labels of pipeline.langid.detect_turns (precheck, truncation, cache) vs plain langdetect on
+    """Labels of pipeline.quality.langid.detect_turns (precheck, truncation, cache) vs plain langdetect on
     the full text, on a random sample of user/assistant turns."""
-    from pipeline.langid import detect_text, detect_turns
+    from pipeline.quality.langid import detect_text, detect_turns
     from schemas.config_curation import LanguageConfig
 
     frame = pl.concat([pl.read_parquet(p, columns=["origin", "messages"]) for p in paths])

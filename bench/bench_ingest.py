@@ -42,7 +42,7 @@ SOURCES = [
 
 def _ingest_one(args: tuple[str, str, str, str, int]) -> dict:
     """Runs in a child process: ingest one source, return its stats with seconds and peak RSS."""
-    from pipeline.ingest import ingest_source
+    from pipeline.ingest.stage import ingest_source
     from schemas.config_sources import SourceConfig
 
     name, path, tier, run_dir, chunk_rows = args
@@ -104,7 +104,7 @@ REAL = [
 
 def check_real(base: Path, run_dir: Path) -> bool:
     """Ingest real public files and compare with the facts their README states."""
-    from pipeline.ingest import ingest_source
+    from pipeline.ingest.stage import ingest_source
     from schemas.config_sources import SourceConfig
 
     ok = True
@@ -130,7 +130,7 @@ def main() -> int:
 
     import polars as pl
 
-    from pipeline.ledger import read_ledger
+    from pipeline.core.ledger import read_ledger
 
     ctx = mp.get_context("spawn")
     results = []
@@ -184,7 +184,7 @@ def main() -> int:
     print(f"placeholder inputs: {ph.height}/{len(placeholder)} kept, {len(ph_bad)} still carry the placeholder")
 
     # ---- naive baseline on the same Alpaca file, same process, alternating, best of 3 each
-    from pipeline.ingest import ingest_source
+    from pipeline.ingest.stage import ingest_source
     from schemas.config_sources import SourceConfig
 
     alpaca_path = a.corpus / "synthetic/alpaca.jsonl"

@@ -1,4 +1,4 @@
-"""MinHash signatures: datasketch's MinHash.bulk vs pipeline.minhash, same documents, one process.
+"""MinHash signatures: datasketch's MinHash.bulk vs pipeline.dedup.minhash, same documents, one process.
 
     .venv/bin/python bench/bench_minhash.py [--corpus /tmp/corpus/c20k] [--docs 20000]
 
@@ -20,8 +20,8 @@ import orjson
 import polars as pl
 from datasketch import MinHash
 
-from pipeline.minhash import HASHES, shingles, text_signatures
-from pipeline.textnorm import normalize, word_ngrams
+from pipeline.core.textnorm import normalize, word_ngrams
+from pipeline.dedup.minhash import HASHES, shingles, text_signatures
 
 
 def load_docs(corpus: Path, n: int) -> pl.Series:

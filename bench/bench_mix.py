@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.ledger import finalize_ledger, read_ledger
+from pipeline.core.ledger import finalize_ledger, read_ledger
 from schemas.config import RunConfig
 
 SOURCES = [
@@ -61,17 +61,17 @@ def timed(label: str, fn, *args, **kwargs):
 
 def curate(cfg: RunConfig, run_dir: Path) -> int:
     """Every curation stage in process (what flows/curate.py chains), returning records read."""
-    from pipeline.ingest import ingest_source
-    from pipeline.mix import run_mix
-    from pipeline.shards import count_tokens, run_tokenize
+    from pipeline.ingest.stage import ingest_source
+    from pipeline.mix.stage import run_mix
+    from pipeline.render.stage import count_tokens, run_tokenize
 
     t0 = time.perf_counter()
     ingest = [ingest_source(s, run_dir) for s in cfg.sources]
     print(f"  {'ingest':<9} {time.perf_counter() - t0:7.1f} s")
     read = sum(int(s["read"]) for s in ingest)
     parts = [Path(p) for s in ingest for p in s["parts"]]
-    from pipeline.dedup import run_dedup
-    from pipeline.quality import run_quality
+    from pipeline.dedup.stage import run_dedup
+    from pipeline.quality.stage import run_quality
 
     parts = [Path(p) for p in timed("dedup", run_dedup, parts, run_dir, cfg.dedup)["parts"]]
     parts = [Path(p) for p in timed("quality", run_quality, parts, run_dir, cfg.quality)["parts"]]
@@ -129,8 +129,8 @@ def diversify_side_by_side(run_dir: Path, cfg: RunConfig, sample: int, threshold
     import numpy as np
     from datasketch import MinHash, MinHashLSH
 
-    from pipeline.select import priority_order, sample_keys, score_frame, select, source_quotas
-    from pipeline.textnorm import normalize, turns_text
+    from pipeline.core.textnorm import normalize, turns_text
+    from pipeline.mix.select import priority_order, sample_keys, score_frame, select, source_quotas
 
     parts = sorted((run_dir / "work" / "quality").glob("part-*.parquet"))
     df = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")

@@ -26,10 +26,10 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.masks import MaskOptions, SelfCheckError, check_conversation, encode_conversations  # noqa: E402
-from pipeline.packing import best_fit_decreasing  # noqa: E402
-from pipeline.templates import BUILTIN_TEMPLATES  # noqa: E402
-from pipeline.tokenizer import train_bpe  # noqa: E402
+from pipeline.render.masks import MaskOptions, SelfCheckError, check_conversation, encode_conversations  # noqa: E402
+from pipeline.render.packing import best_fit_decreasing  # noqa: E402
+from pipeline.render.templates import BUILTIN_TEMPLATES  # noqa: E402
+from pipeline.render.tokenizer import train_bpe  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 ALPACA_FILES = [

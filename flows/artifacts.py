@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.report import FUNNEL_STEPS, summary_markdown
+from pipeline.report.summary import FUNNEL_STEPS, summary_markdown
 
 
 def publish_report(summary: dict[str, Any]) -> None:

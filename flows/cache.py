@@ -17,7 +17,7 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline.rundir import atomic_write_json
+from pipeline.core.rundir import atomic_write_json
 
 _PROJECT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("pipeline", "schemas", "trainer")

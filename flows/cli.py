@@ -115,7 +115,7 @@ def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
 def _print_summary(run_dir: Path) -> None:
     import json
 
-    from pipeline.report import summary_text
+    from pipeline.report.summary import summary_text
 
     try:
         print(summary_text(json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))))
@@ -125,7 +125,7 @@ def _print_summary(run_dir: Path) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import build_report, summary_text
+    from pipeline.report.summary import build_report, summary_text
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

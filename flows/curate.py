@@ -74,7 +74,7 @@ def _plain(stats: Any) -> Any:
 @task(**_cached("ingest"), task_run_name="ingest-{source.name}")
 def ingest_task(source: SourceConfig, run_dir: str, key: str) -> dict[str, Any]:
     """Read one source into canonical parts; its quarantine and ledger part."""
-    from pipeline.ingest import ingest_source
+    from pipeline.ingest.stage import ingest_source
 
     stats = _plain(ingest_source(source, Path(run_dir)))
     record_outputs(run_dir, "ingest", key, source.name)
@@ -87,7 +87,7 @@ def ingest_task(source: SourceConfig, run_dir: str, key: str) -> dict[str, Any]:
 @task(**_cached("dedup"))
 def dedup_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
     """Exact and near-duplicate removal across all sources."""
-    from pipeline.dedup import run_dedup
+    from pipeline.dedup.stage import run_dedup
 
     stats = _plain(run_dedup([Path(p) for p in in_paths], Path(run_dir), cfg.dedup))
     record_outputs(run_dir, "dedup", key)
@@ -97,7 +97,7 @@ def dedup_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> d
 @task(**_cached("quality"))
 def quality_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
     """Quality filters, language id, PII redaction, benchmark decontamination."""
-    from pipeline.quality import run_quality
+    from pipeline.quality.stage import run_quality
 
     stats = _plain(run_quality([Path(p) for p in in_paths], Path(run_dir), cfg.quality))
     record_outputs(run_dir, "quality", key)
@@ -107,8 +107,8 @@ def quality_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) ->
 @task(**_cached("mix"))
 def mix_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
     """Mixture weights, caps and selection; writes curated/."""
-    from pipeline.mix import run_mix
-    from pipeline.shards import count_tokens
+    from pipeline.mix.stage import run_mix
+    from pipeline.render.stage import count_tokens
 
     stats = _plain(run_mix([Path(p) for p in in_paths], Path(run_dir), cfg, count_tokens=count_tokens))
     record_outputs(run_dir, "mix", key)
@@ -118,7 +118,7 @@ def mix_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dic
 @task(**_cached("tokenize"))
 def tokenize_task(run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
     """Render with the chat template, tokenize, pack into train/val shards."""
-    from pipeline.shards import run_tokenize
+    from pipeline.render.stage import run_tokenize
 
     stats = _plain(run_tokenize(Path(run_dir), cfg))
     record_outputs(run_dir, "tokenize", key)
@@ -128,7 +128,7 @@ def tokenize_task(run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
 @task(name="finalize-ledger")
 def finalize_task(run_dir: str, records_read: int) -> dict[str, int]:
     """Kept rows, then the balance check: read == kept + quarantined + dropped, or the run fails."""
-    from pipeline.ledger import finalize_ledger
+    from pipeline.core.ledger import finalize_ledger
 
     counts = finalize_ledger(run_dir, records_read)
     get_run_logger().info("ledger balances: read %d = %s", records_read, counts)
@@ -138,7 +138,7 @@ def finalize_task(run_dir: str, records_read: int) -> dict[str, int]:
 @task(name="write-manifest", **IO_RETRIES)
 def manifest_task(run_dir: str, cfg: RunConfig, counts: dict[str, int]) -> str:
     """manifest.json, last and atomically: the run directory is complete."""
-    from pipeline.manifest import write_manifest
+    from pipeline.core.manifest import write_manifest
 
     return str(write_manifest(Path(run_dir), cfg, counts))
 
@@ -147,7 +147,7 @@ def manifest_task(run_dir: str, cfg: RunConfig, counts: dict[str, int]) -> str:
 def report_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
     """report/report.json + report/report.html, and the same summary as artifacts on the flow run."""
     from flows.artifacts import publish_report
-    from pipeline.report import build_report
+    from pipeline.report.summary import build_report
 
     summary = build_report(Path(run_dir), cfg)
     publish_report(summary)
@@ -178,9 +178,9 @@ def train_task(run_dir: str, cfg: RunConfig, config_path: str, overrides: list[s
 def compare_task(run_dir: str, cfg: RunConfig) -> dict[str, Any] | None:
     """The model's answers before and after training, side by side (report/before_after.json)."""
     try:
-        from pipeline.before_after import compare
+        from trainer.before_after import compare
     except ImportError:
-        get_run_logger().warning("pipeline.before_after is not available: no before/after section")
+        get_run_logger().warning("trainer.before_after is not available: no before/after section")
         return None
     return _plain(compare(Path(run_dir), cfg))
 
@@ -230,7 +230,7 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     # 1. ingest: one task per source, in parallel on the configured runner.
     keys = {
         s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(),
-                            code_version("pipeline.ingest")) for s in cfg.sources
+                            code_version("pipeline.ingest.stage")) for s in cfg.sources
     }
     logger.info("ingesting %d source(s) in parallel on %s", len(cfg.sources), describe_runner(cfg.runner))
     with make_task_runner(cfg.runner) as runner:
@@ -246,10 +246,10 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     # 2-4. dedup, quality, mix: each keyed by the bytes of its input parts and its config sections.
     stats: dict[str, Any] = {"ingest": ingest}
     for stage, task_fn, sections, modules in (
-        ("dedup", dedup_task, ("dedup",), ("pipeline.dedup",)),
-        ("quality", quality_task, ("quality",), ("pipeline.quality",)),
+        ("dedup", dedup_task, ("dedup",), ("pipeline.dedup.stage",)),
+        ("quality", quality_task, ("quality",), ("pipeline.quality.stage",)),
         # mix counts rendered tokens, so the template and tokenizer settings and code are part of its key
-        ("mix", mix_task, ("mix", "select", "seed", "template", "tokenizer", "pack"), ("pipeline.mix", "pipeline.shards")),
+        ("mix", mix_task, ("mix", "select", "seed", "template", "tokenizer", "pack"), ("pipeline.mix.stage", "pipeline.render.stage")),
     ):
         key = stage_key(stage, run_dir, hash_files(parts), cfg.section_hash(*sections), code_version(*modules))
         stats[stage] = _run_stage(task_fn, stage, run_dir, key, in_paths=parts, cfg=cfg)
@@ -262,7 +262,7 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.tokenizer.path is not None:
         tok_parts.append(hash_files([cfg.tokenizer.path]))
     key = stage_key("tokenize", run_dir, *tok_parts, cfg.section_hash("template", "tokenizer", "pack", "seed"),
-                    code_version("pipeline.shards"))
+                    code_version("pipeline.render.stage"))
     stats["tokenize"] = _run_stage(tokenize_task, "tokenize", run_dir, key, cfg=cfg)
 
     # 6-8. the ledger must balance before anything is published; then the manifest, then the report.

@@ -1,6 +1,6 @@
 """The approval gate between the report and training: automatic thresholds, then a person.
 
-The thresholds read the report summary (pipeline.report), so what a person sees in the report is
+The thresholds read the report summary (pipeline.report.summary), so what a person sees in the report is
 exactly what the gate judged. A person answers through a typed Prefect run input (`ApprovalInput`),
 which the UI shows as a form on the paused flow run.
 """

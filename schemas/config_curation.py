@@ -43,7 +43,7 @@ class DedupConfig(BaseModel):
         default="word_xxh32",
         description="32-bit shingle hash. word_xxh32 (fastest: folds per-word xxh32 hashes without building "
         "shingle strings), sha1 (datasketch's default sha1_hash32) or xxh32 (of the shingle bytes). "
-        "Signatures equal datasketch's MinHash(hashfunc=pipeline.minhash.HASHES[hash]) in every case",
+        "Signatures equal datasketch's MinHash(hashfunc=pipeline.dedup.minhash.HASHES[hash]) in every case",
     )
     lsh_weights: tuple[float, float] = Field(
         default=(0.05, 0.95),
@@ -157,7 +157,7 @@ class QualityConfig(BaseModel):
     filters: list[str] = Field(
         default_factory=lambda: ["empty", "echo", "length", "repetition", "refusal", "language",
                                  "contamination", "pii"],
-        description="names from pipeline.quality.FILTERS to run, in this order",
+        description="names from pipeline.quality.stage.FILTERS to run, in this order",
     )
     # echo
     echo_min_chars: int = Field(

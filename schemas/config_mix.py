@@ -72,7 +72,7 @@ class MixConfig(BaseModel):
     @model_validator(mode="after")
     def _shares_disjoint(self) -> MixConfig:
         # A share on a tier and on one of its sources would be two equations for the same tokens;
-        # shares on disjoint groups are solved together (see pipeline.mix.solve_share_budgets).
+        # shares on disjoint groups are solved together (see pipeline.mix.stage.solve_share_budgets).
         total = sum((r.share or 0.0) for r in [*self.sources.values(), *self.tiers.values()])
         if total >= 1.0:
             raise ValueError(f"mix: exact shares add up to {total:.3f}; they must leave room (< 1)")

@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.before_after import choose_prompts, compare, loss_table, split_reference
-from pipeline.canonical import from_records
+from pipeline.ingest.canonical import from_records
 from schemas.config import RunConfig
 from schemas.conversation import conversation_id
+from trainer.before_after import choose_prompts, compare, loss_table, split_reference
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -189,7 +189,7 @@ def test_loss_table_handles_missing_groups_and_nan():
 
 
 def test_whitespace_only_answer_is_said_not_blank():
-    from pipeline.before_after import shown_answer
+    from trainer.before_after import shown_answer
 
     assert shown_answer("  Paris. \n") == "Paris."
     assert shown_answer("\n\n\n") == "(whitespace only: '\\n\\n\\n')"

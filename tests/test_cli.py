@@ -12,9 +12,9 @@ from conftest import REPO, PrefectServer, TinySources, write_config
 
 from flows.cli import main
 from flows.launch import TrainingFailed, stream_subprocess, torchrun_command
-from pipeline.canonical import from_records
-from pipeline.ledger import ledger_rows, write_ledger_part
-from pipeline.report import build_report
+from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.ingest.canonical import from_records
+from pipeline.report.summary import build_report
 from schemas.config import load_config
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.canonical import from_records
-from pipeline.dedup import deduplicate, run_dedup
-from pipeline.ledger import read_ledger
+from pipeline.core.ledger import read_ledger
+from pipeline.dedup.stage import deduplicate, run_dedup
+from pipeline.ingest.canonical import from_records
 from schemas.config_curation import DedupConfig
 from schemas.conversation import conversation_id
 
@@ -201,7 +201,7 @@ def test_two_runs_identical(tmp_path: Path) -> None:
 
 
 def test_empty_input(tmp_path: Path) -> None:
-    from pipeline.canonical import empty_canonical
+    from pipeline.ingest.canonical import empty_canonical
 
     stats = run_dedup(_write(empty_canonical(), tmp_path / "in.parquet"), tmp_path / "run", DedupConfig(workers=1))
     assert stats["kept"] == 0 and read_ledger(tmp_path / "run").height == 0

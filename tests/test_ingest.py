@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.canonical import CANONICAL_SCHEMA
-from pipeline.ingest import SourceError, ingest_source
-from pipeline.ledger import read_ledger
+from pipeline.core.ledger import read_ledger
+from pipeline.ingest.canonical import CANONICAL_SCHEMA
+from pipeline.ingest.stage import SourceError, ingest_source
 from schemas.config_sources import SourceConfig
 from schemas.conversation import conversation_id
 
@@ -294,7 +294,7 @@ def test_unreadable_source_is_a_clear_error_naming_the_path(tmp_path, make, matc
 
 
 def test_parts_are_also_bounded_by_text_size(tmp_path):
-    from pipeline.ingest import _PartWriter
+    from pipeline.ingest.stage import _PartWriter
 
     src = SourceConfig(name="s", path=tmp_path, tier="expert")
     w = _PartWriter(tmp_path / "out", src, chunk_rows=1000, chunk_chars=50)

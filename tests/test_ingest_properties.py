@@ -10,8 +10,8 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest import ingest_source
-from pipeline.ledger import read_ledger
+from pipeline.core.ledger import read_ledger
+from pipeline.ingest.stage import ingest_source
 from schemas.config_sources import SourceConfig
 
 FORMATS = ["alpaca", "dolly", "sharegpt", "openai", "oasst", "prompt_completion"]
@@ -92,7 +92,7 @@ def test_utf8_guard_marks_exactly_the_invalid_bytes_whatever_the_read_sizes(data
     """Invalid bytes become markers and valid text passes unchanged, even when a read splits a character."""
     import io
 
-    from pipeline.readers.files import _Utf8Guard, restore_bad_bytes
+    from pipeline.ingest.files import _Utf8Guard, restore_bad_bytes
 
     guard = _Utf8Guard(io.BytesIO(data))
     out, i = b"", 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline.canonical import from_records
-from pipeline.ledger import (
+from pipeline.core.ledger import (
     LedgerImbalance,
     check_balance,
     finalize_ledger,
@@ -14,7 +13,8 @@ from pipeline.ledger import (
     read_ledger,
     write_ledger_part,
 )
-from pipeline.rundir import atomic_write_parquet
+from pipeline.core.rundir import atomic_write_parquet
+from pipeline.ingest.canonical import from_records
 from schemas.conversation import Conversation, TurnOrderError, check_turn_order, conversation_id
 
 

@@ -9,8 +9,14 @@ import polars as pl
 import pytest
 from datasketch import MinHash
 
-from pipeline.minhash import HASHES, estimated_jaccard, shingles, signatures_from_hashes, text_signatures
-from pipeline.textnorm import fold_word_ngrams, word_ngrams
+from pipeline.core.textnorm import fold_word_ngrams, word_ngrams
+from pipeline.dedup.minhash import (
+    HASHES,
+    estimated_jaccard,
+    shingles,
+    signatures_from_hashes,
+    text_signatures,
+)
 
 WORDS = ["the", "a", "of", "model", "data", "river", "stone", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "énorme", "数据", "x1", "y_2"]
 

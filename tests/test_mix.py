@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.canonical import from_records
-from pipeline.ledger import read_ledger
-from pipeline.mix import (
+from pipeline.core.ledger import read_ledger
+from pipeline.ingest.canonical import from_records
+from pipeline.mix.stage import (
     copies_for_weight,
     estimate_tokens,
     first_fit,
@@ -302,7 +302,7 @@ def test_plan_invariants(counts, syn_weight, exp_weight, cap, max_share, seed):
     """Every conversation has one fate; caps and max shares hold; repeats only where weights ask."""
     import numpy as np
 
-    from pipeline.mix import plan_mix
+    from pipeline.mix.stage import plan_mix
     from schemas.config_mix import MixConfig
 
     df = make_frame(dict(zip(("exp", "crowd", "syn"), counts, strict=True)), lang=False)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.packing import best_fit_decreasing
+from pipeline.render.packing import best_fit_decreasing
 
 
 def test_best_fit_literal() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.canonical import from_records
-from pipeline.pii import luhn_ok
-from pipeline.quality import FILTERS, Batch, filter_frame
+from pipeline.ingest.canonical import from_records
+from pipeline.quality.pii import luhn_ok
+from pipeline.quality.stage import FILTERS, Batch, filter_frame
 from schemas.config_curation import BenchmarkFile, ContaminationConfig, QualityConfig
 from schemas.conversation import conversation_id
 
@@ -180,7 +180,7 @@ def test_contamination(tmp_path: Path) -> None:
 
 
 def test_contamination_bad_field_names_file_and_fields(tmp_path: Path) -> None:
-    from pipeline.contamination import BenchmarkError, read_benchmark
+    from pipeline.quality.contamination import BenchmarkError, read_benchmark
 
     p = tmp_path / "b.jsonl"
     p.write_text('{"q": "x"}\n')

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.canonical import from_records
-from pipeline.ledger import read_ledger
-from pipeline.quality import run_quality
+from pipeline.core.ledger import read_ledger
+from pipeline.ingest.canonical import from_records
+from pipeline.quality.stage import run_quality
 from schemas.config_curation import QualityConfig
 from schemas.conversation import conversation_id
 
@@ -70,7 +70,7 @@ def test_disabled_passes_everything_through(tmp_path: Path) -> None:
 
 
 def test_empty_input(tmp_path: Path) -> None:
-    from pipeline.canonical import empty_canonical
+    from pipeline.ingest.canonical import empty_canonical
 
     p = tmp_path / "in.parquet"
     empty_canonical().write_parquet(p)

@@ -11,10 +11,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.canonical import from_records
-from pipeline.ledger import ledger_rows, write_ledger_part
-from pipeline.report import FUNNEL_STEPS, build_report, histogram, summarize, summary_markdown, summary_text
-from pipeline.rundir import atomic_write_json
+from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.core.rundir import atomic_write_json
+from pipeline.ingest.canonical import from_records
+from pipeline.report.summary import (
+    FUNNEL_STEPS,
+    build_report,
+    histogram,
+    summarize,
+    summary_markdown,
+    summary_text,
+)
 from schemas.config import RunConfig
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pipeline.readers.files import RecordError
-from pipeline.readers.formats import detect_format, parse
+from pipeline.ingest.files import RecordError
+from pipeline.ingest.formats import detect_format, parse
 from schemas.conversation import Conversation, conversation_id
 from schemas.records import (
     AlpacaRecord,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.canonical import from_records
-from pipeline.select import (
+from pipeline.ingest.canonical import from_records
+from pipeline.mix.select import (
     SIGNAL_COLUMNS,
     band_layout,
     greedy_diverse,

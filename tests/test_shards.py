@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from tokenize_fixtures import make_run, record, sample_conversations
 
-from pipeline.ledger import read_ledger
-from pipeline.manifest import ManifestError, read_manifest, schema_version, write_manifest
-from pipeline.masks import MaskOptions, encode_conversations
-from pipeline.shards import SHARD_SCHEMA, count_tokens, run_tokenize
-from pipeline.templates import BUILTIN_TEMPLATES
-from pipeline.tokenizer import load_tokenizer
+from pipeline.core.ledger import read_ledger
+from pipeline.core.manifest import ManifestError, read_manifest, schema_version, write_manifest
+from pipeline.render.masks import MaskOptions, encode_conversations
+from pipeline.render.stage import SHARD_SCHEMA, count_tokens, run_tokenize
+from pipeline.render.templates import BUILTIN_TEMPLATES
+from pipeline.render.tokenizer import load_tokenizer
 
 
 def _records(n: int = 120, seed: int = 0) -> list[dict]:
@@ -136,7 +136,7 @@ def test_count_tokens_matches_the_shards_and_pins_the_tokenizer(tmp_path) -> Non
     recs = _records(60, seed=7)
     run_dir, cfg = make_run(tmp_path, recs[:40], tokenizer={"vocab_size": 400},
                             pack={"packing": False, "val_fraction": 0.0, "max_seq_len": 4096})
-    from pipeline.canonical import from_records
+    from pipeline.ingest.canonical import from_records
 
     counts = count_tokens(from_records(recs), run_dir, cfg)  # the mix stage's candidates: a superset
     assert counts.dtype == pl.Int64 and len(counts) == 60
@@ -166,7 +166,7 @@ def test_manifest_lists_every_shard_and_is_required(tmp_path) -> None:
 
 
 def test_no_curated_data_is_a_clear_error(tmp_path) -> None:
-    from pipeline.shards import NoCuratedData
+    from pipeline.render.stage import NoCuratedData
 
     _, cfg = make_run(tmp_path, _records(2))
     with pytest.raises(NoCuratedData, match="no curated"):
@@ -174,7 +174,7 @@ def test_no_curated_data_is_a_clear_error(tmp_path) -> None:
 
 
 def test_val_split_is_stable_and_near_the_fraction() -> None:
-    from pipeline.shards import val_mask
+    from pipeline.render.stage import val_mask
 
     ids = [f"{i:032x}" for i in range(20_000)]
     v = val_mask(ids, 0.05, seed=0)

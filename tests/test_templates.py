@@ -8,7 +8,7 @@ import json
 import pytest
 from tokenize_fixtures import bpe, sample_conversations
 
-from pipeline.templates import (
+from pipeline.render.templates import (
     BUILTIN_TEMPLATES,
     TemplateError,
     jinja_render_text,

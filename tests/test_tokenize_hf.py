@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from tokenize_fixtures import bpe, make_run, record, sample_conversations
 
-from pipeline.masks import MaskOptions, encode_conversations
-from pipeline.shards import run_tokenize
-from pipeline.templates import BUILTIN_TEMPLATES, load_template
+from pipeline.render.masks import MaskOptions, encode_conversations
+from pipeline.render.stage import run_tokenize
+from pipeline.render.templates import BUILTIN_TEMPLATES, load_template
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tokenize_fixtures import bpe, char_tokenizer, sample_conversations
 
-from pipeline.masks import (
+from pipeline.render.masks import (
     NO_SUPERVISED,
     SPECIAL_IN_CONTENT,
     TEMPLATE_ERROR,
@@ -17,7 +17,7 @@ from pipeline.masks import (
     check_conversation,
     encode_conversations,
 )
-from pipeline.templates import BUILTIN_TEMPLATES
+from pipeline.render.templates import BUILTIN_TEMPLATES
 
 TWO_TURNS = [
     {"role": "user", "content": "hi"},
@@ -122,7 +122,7 @@ def test_control_token_written_in_content_is_dropped() -> None:
 
 
 def test_conversation_the_template_refuses_is_dropped_not_fatal() -> None:
-    from pipeline.templates import TemplateError, make_jinja_template
+    from pipeline.render.templates import TemplateError, make_jinja_template
 
     src = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
            "{% endif %}{{ m['content'] }}</s>{% endfor %}")

@@ -8,9 +8,9 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models
 
-from pipeline.canonical import from_records
-from pipeline.templates import ChatTemplate
-from pipeline.tokenizer import train_bpe
+from pipeline.ingest.canonical import from_records
+from pipeline.render.templates import ChatTemplate
+from pipeline.render.tokenizer import train_bpe
 from schemas.config import RunConfig
 from schemas.conversation import conversation_id
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors: tuple[type[Exception], ...] = (ConfigError, RunDirError, ModelError, ShardError)
     try:
-        from pipeline.manifest import ManifestError
+        from pipeline.core.manifest import ManifestError
 
         user_errors += (ManifestError,)
     except ImportError:

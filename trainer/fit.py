@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.rundir import atomic_write_json
+from pipeline.core.rundir import atomic_write_json
 from schemas.config import RunConfig
 from schemas.config_train import TrainConfig
 from trainer.attention import VARLEN

@@ -1,6 +1,6 @@
 """What the trainer reads from a run directory: the manifest, the shard lists, curated metadata.
 
-The manifest is read through `pipeline.manifest.read_manifest` when that module exists (it owns
+The manifest is read through `pipeline.core.manifest.read_manifest` when that module exists (it owns
 the format and checks); otherwise manifest.json is read here with a tolerant reading of its
 `shards` entry (a list of objects with a path, or a mapping name -> object).
 """
@@ -12,8 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.manifest import ManifestError, sha256_file
-from pipeline.manifest import read_manifest as pipeline_read_manifest
+from pipeline.core.manifest import ManifestError, sha256_file
+from pipeline.core.manifest import read_manifest as pipeline_read_manifest
 
 
 class RunDirError(ValueError):

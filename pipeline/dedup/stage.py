@@ -4,7 +4,7 @@ Rules, in order, each on what the previous left:
 - dedup.exact: equal hash (xxh3-128) of the user and assistant turns after NFKC, lower case and
   whitespace collapsing. System prompts are left out: they are a template choice, and the same
   demonstration delivered with another system prompt is still the same demonstration.
-- dedup.near: MinHash (pipeline.minhash) of word n-gram shingles of the normalised turns; LSH bands
+- dedup.near: MinHash (pipeline.dedup.minhash) of word n-gram shingles of the normalised turns; LSH bands
   and rows as datasketch chooses them for the threshold (`_optimal_param`), weighted for recall
   (dedup.lsh_weights). Every pair
   that shares a band is a candidate; with `verify` a candidate counts only if its estimated Jaccard
@@ -30,11 +30,11 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from pipeline.ledger import ledger_rows, write_ledger_part
-from pipeline.minhash import estimated_jaccard, text_signatures
-from pipeline.procpool import pool_map
-from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
-from pipeline.textnorm import normalized_turns
+from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.core.procpool import pool_map
+from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from pipeline.core.textnorm import normalized_turns
+from pipeline.dedup.minhash import estimated_jaccard, text_signatures
 from schemas.config_curation import DedupConfig
 from schemas.conversation import TIER_RANK
 
@@ -435,7 +435,7 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
 
 def read_parts(in_paths: list[Path]) -> pl.DataFrame:
     """Concatenate canonical Parquet parts (in the given order)."""
-    from pipeline.canonical import empty_canonical
+    from pipeline.ingest.canonical import empty_canonical
 
     frames = [pl.read_parquet(p) for p in in_paths]
     frames = [f for f in frames if f.height]

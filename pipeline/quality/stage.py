@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.canonical import MESSAGE
-from pipeline.ledger import ledger_rows, write_ledger_part
-from pipeline.procpool import pool_map
-from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
-from pipeline.textnorm import fold_ngrams, normalized_turns, word_hashes
+from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.core.procpool import pool_map
+from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from pipeline.core.textnorm import fold_ngrams, normalized_turns, word_hashes
+from pipeline.ingest.canonical import MESSAGE
 from schemas.config_curation import ContaminationConfig, QualityConfig
 
 
@@ -270,7 +270,7 @@ def language(b: Batch, cfg: QualityConfig) -> FilterResult:
     """Language of each user and assistant turn (langdetect, seed 0); drop when more than
     `max_foreign_share` of the detected letters are in languages not kept. `lang` = the language
     with the most letters (null when every turn abstained)."""
-    from pipeline.langid import detect_turns
+    from pipeline.quality.langid import detect_turns
 
     lc = cfg.language
     t = b.turns("user", "assistant")
@@ -301,7 +301,7 @@ def language(b: Batch, cfg: QualityConfig) -> FilterResult:
 def pii(b: Batch, cfg: QualityConfig) -> FilterResult:
     """PII and secrets in any turn: redacted with a typed placeholder, or dropping the conversation,
     per kind (quality.pii.<kind> = redact | drop | keep)."""
-    from pipeline.pii import KINDS, scan
+    from pipeline.quality.pii import KINDS, scan
 
     policies = {k: cfg.pii.policy(k) for k in KINDS}
     t = b.turns()
@@ -340,14 +340,14 @@ def pii(b: Batch, cfg: QualityConfig) -> FilterResult:
 
 @lru_cache(maxsize=4)
 def _benchmark_index(cfg_json: str):
-    from pipeline.contamination import build_index
+    from pipeline.quality.contamination import build_index
 
     return build_index(ContaminationConfig.model_validate_json(cfg_json))
 
 
 def contamination(b: Batch, cfg: QualityConfig) -> FilterResult:
     """User turns sharing a word n-gram (default 13) with a configured benchmark's questions."""
-    from pipeline.contamination import find_contaminated
+    from pipeline.quality.contamination import find_contaminated
 
     cc = cfg.contamination
     if not cc.enabled or not cc.benchmarks:

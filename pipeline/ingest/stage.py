@@ -1,8 +1,8 @@
 """Ingestion: one configured source -> canonical Parquet parts, quarantine and ledger rows.
 
-`ingest_source` streams the source's file(s) record by record (pipeline.readers.files), turns each
-record into a canonical conversation with its format's transform (pipeline.readers.formats, or the
-OASST tree assembly in pipeline.readers.oasst) and writes
+`ingest_source` streams the source's file(s) record by record (pipeline.ingest.files), turns each
+record into a canonical conversation with its format's transform (pipeline.ingest.formats, or the
+OASST tree assembly in pipeline.ingest.oasst) and writes
 
     work/ingest/<source>/part-NNNNN.parquet   kept conversations, `chunk_rows` per part (CANONICAL_SCHEMA)
     quarantine/<source>.parquet              origin, source, tier, reason, errors, raw
@@ -24,12 +24,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.canonical import CANONICAL_SCHEMA
-from pipeline.ledger import LedgerImbalance, ledger_rows, write_ledger_part
-from pipeline.readers.files import RawItem, RecordError, SourceError, data_files, iter_file, to_json_text
-from pipeline.readers.formats import TRANSFORMS, detect_format
-from pipeline.readers.oasst import assemble
-from pipeline.rundir import RunDir, atomic_write_json, atomic_write_table
+from pipeline.core.ledger import LedgerImbalance, ledger_rows, write_ledger_part
+from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_table
+from pipeline.ingest.canonical import CANONICAL_SCHEMA
+from pipeline.ingest.files import RawItem, RecordError, SourceError, data_files, iter_file, to_json_text
+from pipeline.ingest.formats import TRANSFORMS, detect_format
+from pipeline.ingest.oasst import assemble
 from schemas.config_sources import SourceConfig
 from schemas.conversation import conversation_id
 

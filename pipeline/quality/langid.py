@@ -67,7 +67,7 @@ def detect_turns(
     """Language label of each text (None = abstain) and its number of letters. `norm` is the
     texts normalised (textnorm.normalize_texts), when the caller has it already."""
     if norm is None:
-        from pipeline.textnorm import normalize_texts
+        from pipeline.core.textnorm import normalize_texts
 
         norm = normalize_texts(texts)
     feats = pl.DataFrame({"t": texts.fill_null(""), "n": norm}).select(

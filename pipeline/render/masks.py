@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from pipeline.templates import ChatTemplate, Messages, Rendered, TemplateError, Turn
+from pipeline.render.templates import ChatTemplate, Messages, Rendered, TemplateError, Turn
 
 TOO_LONG = "tokenize.too_long"
 NO_SUPERVISED = "tokenize.no_supervised_tokens"

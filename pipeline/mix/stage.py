@@ -2,7 +2,7 @@
 
 Order of decisions (each conversation's fate is decided once, by the first step that drops it):
 
-1. selection (pipeline.select): score every conversation; optionally keep the top N / top
+1. selection (pipeline.mix.select): score every conversation; optionally keep the top N / top
    fraction per source, diversified — the rest are `mix.unselected`;
 2. weights: copies = floor(w) + 1 if the conversation's seeded hash key u < frac(w), where
    w = source weight × tier weight (w = 0.5 keeps half, w = 2 doubles, w = 1.5 doubles half);
@@ -15,7 +15,7 @@ Order of decisions (each conversation's fate is decided once, by the first step 
 
 A budget is filled first-fit in priority order: whole conversations (with their copies) are taken
 while they fit, so a group lands within one conversation's tokens of its budget. Tokens come from
-the injected counter (pipeline.shards.count_tokens: rendered tokens) or, without one, from
+the injected counter (pipeline.render.stage.count_tokens: rendered tokens) or, without one, from
 estimate_tokens (about 4 characters per token plus 4 template tokens per message); a conversation
 longer than pack.max_seq_len counts as the tokenize stage will treat it (training_tokens).
 """
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.canonical import CANONICAL_SCHEMA
-from pipeline.ledger import ledger_rows, write_ledger_part
-from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet
-from pipeline.select import SIGNAL_COLUMNS, priority_order, sample_keys, score_frame, select
+from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from pipeline.ingest.canonical import CANONICAL_SCHEMA
+from pipeline.mix.select import SIGNAL_COLUMNS, priority_order, sample_keys, score_frame, select
 from schemas.config import ConfigError, RunConfig
 from schemas.config_mix import MixConfig, MixRule
 
@@ -399,7 +399,7 @@ def run_mix(
     """Score, select and mix the quality-filtered conversations; write `curated/part-*.parquet`
     (input columns + score + signal_* + repeat), `ledger/mix.parquet` and `work/mix/stats.json`.
 
-    `count_tokens(df, run_dir, cfg) -> pl.Series` (pipeline.shards.count_tokens) gives the rendered
+    `count_tokens(df, run_dir, cfg) -> pl.Series` (pipeline.render.stage.count_tokens) gives the rendered
     tokens per conversation; without it they are estimated (estimate_tokens)."""
     _validate_names(cfg)
     rd = RunDir.of(run_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.rundir import atomic_write_parquet
+from pipeline.core.rundir import atomic_write_parquet
 
 LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "origin": pl.String,

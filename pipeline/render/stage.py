@@ -1,9 +1,9 @@
 """The render + tokenize + pack stage: curated conversations in, Parquet shards out.
 
 `run_tokenize(run_dir, cfg)` reads `curated/*.parquet`, renders and tokenizes every conversation once
-(pipeline.masks), drops over-long or unsupervised ones with a ledger row, self-checks a sample, splits
+(pipeline.render.masks), drops over-long or unsupervised ones with a ledger row, self-checks a sample, splits
 train/validation by conversation hash, repeats train conversations `repeat` times, packs rows
-(pipeline.packing) and writes `shards/{train,val}-NNNNN.parquet`, `tokenizer/`, `ledger/tokenize.parquet`
+(pipeline.render.packing) and writes `shards/{train,val}-NNNNN.parquet`, `tokenizer/`, `ledger/tokenize.parquet`
 and `work/tokenize/stats.json`. Same input and config give byte-identical shards.
 
 `count_tokens(df, run_dir, cfg)` gives the rendered length of each conversation with the tokenizer the
@@ -23,12 +23,18 @@ import polars as pl
 import pyarrow as pa
 from tokenizers import Tokenizer
 
-from pipeline.ledger import ledger_rows, write_ledger_part
-from pipeline.masks import Encoded, MaskOptions, SelfCheckError, check_conversation, encode_conversations
-from pipeline.packing import best_fit_decreasing
-from pipeline.rundir import RunDir, atomic_write_json, atomic_write_parquet, atomic_write_table
-from pipeline.templates import ChatTemplate, load_template
-from pipeline.tokenizer import (
+from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_parquet, atomic_write_table
+from pipeline.render.masks import (
+    Encoded,
+    MaskOptions,
+    SelfCheckError,
+    check_conversation,
+    encode_conversations,
+)
+from pipeline.render.packing import best_fit_decreasing
+from pipeline.render.templates import ChatTemplate, load_template
+from pipeline.render.tokenizer import (
     cached_bpe,
     ensure_special_tokens,
     load_tokenizer,

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from pipeline.canonical import role_text
+from pipeline.ingest.canonical import role_text
 from schemas.config_mix import SelectConfig
 
 SIGNALS = ("length", "balance", "diversity", "repetition", "complexity", "formatting", "tier")
@@ -191,9 +191,9 @@ def source_quotas(df: pl.DataFrame, cfg: SelectConfig) -> dict[str, int]:
 
 def minhash_signatures(df: pl.DataFrame, num_perm: int, shingle_words: int, seed: int) -> np.ndarray:
     """(n, num_perm) MinHash signatures of each conversation's normalised user and assistant text
-    over word n-gram shingles (the dedup stage's vectorised MinHash, pipeline.minhash)."""
-    from pipeline.minhash import text_signatures
-    from pipeline.textnorm import normalize, turns_text
+    over word n-gram shingles (the dedup stage's vectorised MinHash, pipeline.dedup.minhash)."""
+    from pipeline.core.textnorm import normalize, turns_text
+    from pipeline.dedup.minhash import text_signatures
 
     texts = df.select(normalize(turns_text(("user", "assistant")))).to_series()
     return text_signatures(texts, ngram=shingle_words, num_perm=num_perm, seed=seed + 1)

@@ -17,8 +17,8 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.rundir import RunDir, atomic_write_json
-from pipeline.select import sample_keys
+from pipeline.core.rundir import RunDir, atomic_write_json
+from pipeline.mix.select import sample_keys
 from schemas.config import RunConfig
 
 

@@ -6,7 +6,7 @@ import json
 from html import escape
 from typing import Any
 
-from pipeline.report import FUNNEL_STEPS
+from pipeline.report.summary import FUNNEL_STEPS
 
 _COLORS = {
     "kept": "#2e7d32", "quarantined": "#c62828", "ingest_dropped": "#8d6e63", "duplicates": "#f9a825",
@@ -224,7 +224,7 @@ def _before_after_html(ba: Any) -> str:
 
 
 def render_html(s: dict[str, Any]) -> str:
-    """The whole report page from a summary (pipeline.report.summarize)."""
+    """The whole report page from a summary (pipeline.report.summary.summarize)."""
     t = s["totals"]
     cards = "".join(
         f'<div class="card">{escape(k)}<b>{v}</b></div>'

@@ -1,7 +1,7 @@
 """Benchmark contamination: word n-gram overlap (default 13 words, as in GPT-3's and Llama's
 decontamination) between a conversation's user turns and the questions of configured benchmarks.
 
-Both sides are normalised (pipeline.textnorm.normalize_texts) and cut into word n-grams hashed to
+Both sides are normalised (pipeline.core.textnorm.normalize_texts) and cut into word n-grams hashed to
 64 bits (textnorm.fold_word_ngrams, with polars' fast hash: the index is built in the process that
 uses it, so the values need not be stable across processes or versions); a conversation is contaminated when one of its n-gram hashes is one of
 a benchmark's. Questions shorter than n words (but at least `min_words`) are matched whole.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.textnorm import fold_word_ngrams, normalize_texts
+from pipeline.core.textnorm import fold_word_ngrams, normalize_texts
 from schemas.config_curation import BenchmarkFile, ContaminationConfig
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from pipeline.textnorm import WORD_SEED, fmix32, fold_word_ngrams, word_ngrams
+from pipeline.core.textnorm import WORD_SEED, fmix32, fold_word_ngrams, word_ngrams
 
 _MERSENNE = np.uint64((1 << 61) - 1)
 _MAX32 = np.uint64((1 << 32) - 1)

@@ -29,10 +29,9 @@ from typing import Literal, NamedTuple
 
 import orjson
 
+from pipeline.ingest.files import RawItem, RecordError, to_json_text
+from pipeline.ingest.formats import Messages, finish, parse
 from schemas.records import OasstMessage
-
-from .files import RawItem, RecordError, to_json_text
-from .formats import Messages, finish, parse
 
 ROLES = {"prompter": "user", "assistant": "assistant"}
 

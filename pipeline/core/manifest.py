@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.rundir import RunDir, atomic_write_json
+from pipeline.core.rundir import RunDir, atomic_write_json
 
 #: Version of the manifest and shard layout; bump it (and say so in the README) when either changes.
 SCHEMA_VERSION = 1

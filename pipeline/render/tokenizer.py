@@ -21,8 +21,8 @@ from typing import Any
 import xxhash
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline.rundir import atomic_write_bytes, atomic_write_json
-from pipeline.templates import ChatTemplate
+from pipeline.core.rundir import atomic_write_bytes, atomic_write_json
+from pipeline.render.templates import ChatTemplate
 
 #: Bumped when training changes in a way that must invalidate cached tokenizers.
 TRAIN_RECIPE = "bytelevel-bpe-v1"

@@ -3,7 +3,7 @@
 Each transform validates the record with its pydantic model (schemas.records), maps speakers to the
 canonical roles, and `finish` applies the rules every conversation obeys (non-empty turns, optional
 leading system, user/assistant alternating, ending with the assistant). OpenAssistant rows are not
-single records; they are assembled into trees in `pipeline.readers.oasst`.
+single records; they are assembled into trees in `pipeline.ingest.oasst`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.ingest.files import RecordError
 from schemas.config_sources import SourceConfig
 from schemas.conversation import TurnOrderError, canonical_text, check_turn_order
 from schemas.records import (
@@ -23,8 +24,6 @@ from schemas.records import (
     PromptCompletionRecord,
     ShareGPTRecord,
 )
-
-from .files import RecordError
 
 Messages = list[dict[str, str]]
 #: (messages, category, original_id)

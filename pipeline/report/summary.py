@@ -17,8 +17,8 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.ledger import read_ledger
-from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from pipeline.core.ledger import read_ledger
+from pipeline.core.rundir import RunDir, atomic_write_bytes, atomic_write_json
 from schemas.config import RunConfig
 
 SCHEMA_VERSION = 1
@@ -383,7 +383,7 @@ def summarize(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
 
 def build_report(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
     """Write report/report.json and the self-contained report/report.html; return the summary."""
-    from pipeline.report_html import render_html
+    from pipeline.report.html import render_html
 
     run_dir = Path(run_dir)
     summary = summarize(run_dir, cfg)

@@ -1,0 +1,1 @@
+"""Stage 2, dedup: exact and MinHash-LSH near duplicates across sources, the higher tier's copy kept."""
