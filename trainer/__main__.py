@@ -21,22 +21,7 @@ from schemas.config_train import ModelConfig, TrainConfig
 
 
 def config_for(run_dir: Path, config: str | None, overrides: list[str]) -> RunConfig:
-    """The run config: from a TOML file (or a RunConfig .json dump), else defaults for this run dir."""
-    if config and config.endswith(".json"):
-        try:
-            data = json.loads(Path(config).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{config}: cannot read the JSON config ({e})") from None
-        for key, value in (parse_override(o) for o in overrides):
-            node = data
-            *parents, last = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[last] = value
-        try:
-            return RunConfig.model_validate(data)
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(e, config)) from None
+    """The run config: from a TOML file, else the [model]/[train] defaults (and --set) for this run dir."""
     if config:
         return load_config(config, overrides)
     sections: dict[str, Any] = {"model": {}, "train": {}, "seed": 0}
@@ -76,17 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     args = parser.parse_args(argv)
 
+    from pipeline.core.manifest import ManifestError
+    from trainer.checkpoint import CheckpointError
     from trainer.data import ShardError
     from trainer.inputs import RunDirError
     from trainer.model import ModelError
 
-    user_errors: tuple[type[Exception], ...] = (ConfigError, RunDirError, ModelError, ShardError)
-    try:
-        from pipeline.core.manifest import ManifestError
-
-        user_errors += (ManifestError,)
-    except ImportError:
-        pass
+    user_errors = (ConfigError, RunDirError, ModelError, ShardError, CheckpointError, ManifestError)
     try:
         cfg = config_for(args.run_dir, args.config, args.set)
         from trainer.fit import train

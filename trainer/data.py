@@ -6,9 +6,10 @@ windows of `shuffle_window` row groups, so at most a window of row groups sits i
 resumed run can jump straight to any position.
 
 A micro-batch keeps every packed conversation to itself: `position_ids` restart at 0 on each
-segment and, for SDPA/eager attention, a block-diagonal causal mask (built from `seq_lens`) lets a
-token see only the earlier tokens of its own segment. The flash path instead concatenates the rows
-into one sequence and lets the position_ids delimit segments (varlen kernels, no mask, no padding).
+segment. The default (varlen) path concatenates the rows into one sequence and passes the segment
+bounds to attention that runs per segment (`trainer.attention`, or flash-attn's varlen kernels): no
+mask, no padding. With `attn_implementation = "sdpa"`/`"eager"`, rows are padded and a block-diagonal
+causal mask (built from `seq_lens`) lets a token see only the earlier tokens of its own segment.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def epoch_order(unit_rows: np.ndarray, seed: int, epoch: int, window: int) -> tu
     return np.concatenate(out_u), np.concatenate(out_r)
 
 
-def collate(rows: Sequence[Row], pad_id: int, *, flat: bool = False, build_mask: bool = True) -> Batch:
+def collate(rows: Sequence[Row], pad_id: int, *, flat: bool = False) -> Batch:
     """Pad rows to the longest one and build position ids, segment ids and the attention mask.
 
     The first token of every segment is forced to be a non-target, whatever the shard says: it has
@@ -205,7 +206,7 @@ def collate(rows: Sequence[Row], pad_id: int, *, flat: bool = False, build_mask:
         seg[0, :] = 0
     segment_ids = torch.from_numpy(seg)
     attn = None
-    if build_mask and not flat:
+    if not flat:
         causal = torch.ones(length, length, dtype=torch.bool).tril_()
         attn = (segment_ids[:, :, None] == segment_ids[:, None, :]) & causal
         attn = attn.unsqueeze(1)

@@ -1,4 +1,5 @@
-"""The training loop: `train` (fit on the train shards), `evaluate` (val loss by source and tier), `lr_at`.
+"""The training loop: `train` (entry point) = `setup` + `fit` (the loop); `evaluate` (val loss by source
+and tier); `lr_at` (the schedule).
 
 One optimizer step = world_size x grad_accum micro-batches of `micro_batch_size` packed rows. Its
 loss is sum(target-token CE) / (target tokens of the whole step, all ranks), so accumulation and
@@ -13,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,13 @@ import orjson
 import torch
 import torch.distributed as dist
 from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from pipeline.core.rundir import atomic_write_json
 from schemas.config import RunConfig
 from schemas.config_train import TrainConfig
 from trainer.attention import VARLEN
-from trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.data import Batch, ShardSet, StepPlan, TrainStream, collate, eval_batches
 from trainer.inputs import conversation_meta, read_manifest, shard_paths
 from trainer.loss import TargetLoss, step_scale
@@ -155,36 +158,420 @@ def evaluate(
     for rows in eval_batches(shards, batch_rows, rank, world, tcfg.eval_max_rows):
         with _amp(device, tcfg):
             part = segment_losses(module, collate(rows, pad_id, flat=flat), device)
-        for cid, (s, c) in part.items():
-            acc = per_conv.setdefault(cid, [0.0, 0.0])
-            acc[0] += s
-            acc[1] += c
+        _add_into(per_conv, part)
     module.train(was_training)
     if world > 1:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, per_conv)
-        per_conv = {}
-        for part in gathered:
-            for cid, (s, c) in part.items():
-                acc = per_conv.setdefault(cid, [0.0, 0.0])
-                acc[0] += s
-                acc[1] += c
+        per_conv = _gather_losses(per_conv, world, device)
     return _summarise(per_conv, meta, step)
 
 
-def _dist_setup(device_pref: str) -> tuple[int, int, int, bool]:
-    """(rank, world, local_rank, we_initialised): joins torchrun's process group when launched by it."""
+def _add_into(acc: dict[str, list[float]], part: dict[str, list[float]]) -> None:
+    for cid, (s, c) in part.items():
+        entry = acc.setdefault(cid, [0.0, 0.0])
+        entry[0] += s
+        entry[1] += c
+
+
+def _gather_losses(per_conv: dict[str, list[float]], world: int, device: torch.device) -> dict[str, list[float]]:
+    """Every rank's {conversation_id: [loss sum, target tokens]}, merged in rank order.
+
+    Sent as data (the ids as JSON bytes, the sums as float64), not as pickled objects, which a
+    receiving rank would have to unpickle.
+    """
+    ids = torch.frombuffer(bytearray(orjson.dumps(list(per_conv))), dtype=torch.uint8).to(device)
+    sums = torch.tensor(list(per_conv.values()), dtype=torch.float64, device=device).reshape(-1, 2)
+    sizes = [torch.zeros(2, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([ids.numel(), sums.shape[0]], dtype=torch.int64, device=device))
+    n_ids, n_rows = (max(int(s[i]) for s in sizes) for i in (0, 1))
+    # all_gather needs equal shapes: pad to the largest rank's
+    all_ids = [torch.zeros(n_ids, dtype=torch.uint8, device=device) for _ in range(world)]
+    all_sums = [torch.zeros(n_rows, 2, dtype=torch.float64, device=device) for _ in range(world)]
+    dist.all_gather(all_ids, torch.cat([ids, ids.new_zeros(n_ids - ids.numel())]))
+    dist.all_gather(all_sums, torch.cat([sums, sums.new_zeros(n_rows - sums.shape[0], 2)]))
+    merged: dict[str, list[float]] = {}
+    for size, raw, values in zip(sizes, all_ids, all_sums, strict=True):
+        cids = orjson.loads(raw[: int(size[0])].cpu().numpy().tobytes())
+        _add_into(merged, dict(zip(cids, values[: int(size[1])].tolist(), strict=True)))
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------
+# the entry point: process group, config, then setup and fit
+
+
+def train(run_dir: Path, cfg: RunConfig, *, resume: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """Train on the run directory's shards; writes model/, train/metrics.jsonl, train/eval.json, checkpoints.
+
+    Works in one process or under torchrun (DDP: gloo on CPU, nccl on CUDA). `resume=True` continues
+    from the newest checkpoint in train/checkpoints/ (a fresh start when there is none).
+    `log` receives human-readable progress lines (rank 0 only). Returns a summary dict.
+    """
+    run_dir = Path(run_dir)
+    tcfg = cfg.train
+    manifest = read_manifest(run_dir)
+    splits = shard_paths(run_dir, manifest)
+    rank, world, own_group = _dist_setup(tcfg.device)
+    say: Log = (log or _default_log) if rank == 0 else (lambda _line: None)
+    if world == 1 and tcfg.nproc > 1:
+        # not launched by torchrun: one process accumulating nproc x as many micro-batches takes
+        # exactly the same steps (the loss is normalised over the whole step either way)
+        say(f"train.nproc={tcfg.nproc} but not under torchrun: one process with grad_accum x {tcfg.nproc}")
+        tcfg = tcfg.model_copy(update={"grad_accum": tcfg.grad_accum * tcfg.nproc, "nproc": 1})
+        cfg = cfg.model_copy(update={"train": tcfg})
+    try:
+        # the row capacity the shards were packed for sizes a from-scratch model's positions
+        seq_cap = int(manifest.get("max_seq_len") or cfg.pack.max_seq_len)
+        run, loop = setup(run_dir, cfg, splits, seq_cap=seq_cap, rank=rank, world=world, resume=resume, say=say)
+        return fit(run, loop)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _dist_setup(device_pref: str) -> tuple[int, int, bool]:
+    """(rank, world, we_initialised): joins torchrun's process group when launched by it."""
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False
+        return dist.get_rank(), dist.get_world_size(), False
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, 0, False
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+        return 0, 1, False
     use_cuda = torch.cuda.is_available() and device_pref != "cpu"
     if use_cuda:
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local, True
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _default_log(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
+# ---------------------------------------------------------------------------------------------------
+# setup: everything built once
+
+
+@dataclass
+class Run:
+    """What the loop works with, built once by `setup`."""
+
+    run_dir: Path
+    tcfg: TrainConfig
+    rank: int
+    world: int
+    say: Log
+    device: torch.device
+    attn: str
+    flat: bool  # varlen attention: one concatenated sequence per micro-batch, no padding, no mask
+    tokenizer: PreTrainedTokenizerFast
+    pad_id: int
+    train_shards: ShardSet
+    val_shards: ShardSet | None
+    meta: dict[str, tuple[str, str]]  # conversation_id -> (source, tier), for the eval breakdown
+    stream: TrainStream
+    total_steps: int
+    model: PreTrainedModel
+    optimizer: torch.optim.Optimizer
+    module: nn.Module  # what a train step runs: TargetLoss(model), compiled and DDP-wrapped as configured
+    eval_module: nn.Module  # the same without DDP: ranks may see different numbers of val batches
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def train_dir(self) -> Path:
+        return self.run_dir / "train"
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.train_dir / "checkpoints"
+
+
+@dataclass
+class Loop:
+    """The loop's running state; the start step and eval history come back from a checkpoint."""
+
+    start_step: int = 0
+    resumed: bool = False
+    eval_state: dict[str, Any] = field(default_factory=lambda: {"history": []})
+    tokens: float = 0.0  # real tokens trained on so far (this session), all ranks
+    targets: float = 0.0
+    slots: float = 0.0  # tokens computed, padding included
+    last_loss: float = float("nan")
+    t0: float = 0.0
+
+
+def setup(
+    run_dir: Path,
+    cfg: RunConfig,
+    splits: dict[str, list[Path]],
+    *,
+    seq_cap: int,
+    rank: int,
+    world: int,
+    resume: bool,
+    say: Log,
+) -> tuple[Run, Loop]:
+    """Device, tokenizer, shards, model, optimizer; restored from the newest checkpoint with `resume`."""
+    tcfg = cfg.train
+    seed = tcfg.seed if tcfg.seed is not None else cfg.seed
+    device = resolve_device(tcfg)
+    if device.type == "cpu":
+        threads = tcfg.num_threads or (max(1, (os.cpu_count() or 1) // world) if world > 1 else 0)
+        if threads:
+            torch.set_num_threads(threads)
+    attn = resolve_attn(tcfg, device)
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    train_shards, val_shards = _shards(run_dir, splits, tcfg)
+    max_len = max(train_shards.max_row_len(), val_shards.max_row_len() if val_shards else 0)
+    model = build_model(
+        cfg.model, tokenizer, max_seq_len=max_len, positions=max(seq_cap, max_len), attn=attn, seed=seed
+    ).to(device)
+    plan = StepPlan(tcfg.micro_batch_size, tcfg.grad_accum, world)
+    stream = TrainStream(train_shards, plan, seed, tcfg.shuffle_window)
+    total_steps = tcfg.max_steps or max(1, math.ceil(tcfg.epochs * stream.steps_per_epoch))
+    optimizer = _optimizer(model, tcfg, total_steps)
+    loop = _resume(run_dir / "train" / "checkpoints", model, optimizer, plan, total_steps, say) if resume else Loop()
+    # wrapped after the checkpoint is loaded: DDP broadcasts rank 0's weights when it is built
+    eval_module: nn.Module = TargetLoss(model)
+    if tcfg.compile:
+        eval_module = torch.compile(eval_module)
+    module = eval_module
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(eval_module, device_ids=ids, broadcast_buffers=False)
+    run = Run(
+        run_dir=run_dir, tcfg=tcfg, rank=rank, world=world, say=say, device=device, attn=attn,
+        flat=attn in ("flash_attention_2", VARLEN),
+        tokenizer=tokenizer, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        train_shards=train_shards, val_shards=val_shards,
+        meta=conversation_meta(run_dir) if val_shards is not None else {},
+        stream=stream, total_steps=total_steps, model=model, optimizer=optimizer, module=module,
+        eval_module=eval_module,
+    )  # fmt: skip
+    return run, loop
+
+
+def _shards(run_dir: Path, splits: dict[str, list[Path]], tcfg: TrainConfig) -> tuple[ShardSet, ShardSet | None]:
+    """The train shards and the val shards (None when there are no val rows)."""
+    train_shards = ShardSet(splits["train"], cache_units=tcfg.shuffle_window + 1)
+    val_shards = ShardSet(splits["val"]) if splits["val"] else None
+    if val_shards is not None and val_shards.n_rows == 0:
+        val_shards = None
+    if train_shards.n_rows == 0:
+        raise ValueError(f"{run_dir}: the train shards hold no rows; nothing to train on")
+    return train_shards, val_shards
+
+
+def _optimizer(model: nn.Module, tcfg: TrainConfig, total_steps: int) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr_at(0, total_steps, tcfg),
+        betas=tcfg.betas,
+        eps=tcfg.eps,
+        foreach=True,
+    )
+
+
+def _resume(
+    ckpt_root: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plan: StepPlan,
+    total_steps: int,
+    say: Log,
+) -> Loop:
+    """Model, optimizer and RNG from the newest checkpoint, and the loop state to go on from."""
+    latest = latest_checkpoint(ckpt_root)
+    if latest is None:
+        say("no checkpoint to resume from; starting fresh")
+        return Loop()
+    state = load_checkpoint(latest, model, optimizer)
+    if state.get("rows_per_step") != plan.rows_per_step:
+        raise CheckpointError(
+            f"{latest}: saved with {state.get('rows_per_step')} rows per step, now "
+            f"{plan.rows_per_step} (micro_batch_size x grad_accum x processes); resume with the same "
+            "settings or start a fresh run without --resume"
+        )
+    say(f"resumed from {latest.name} (step {state['step']}/{total_steps})")
+    return Loop(start_step=state["step"], resumed=True, eval_state=state.get("eval_state", {"history": []}))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did (token counts over all ranks)."""
+
+    loss: float
+    lr: float
+    grad_norm: float  # before clipping
+    tokens: float
+    targets: float
+    slots: float
+    seconds: float
+
+
+def fit(run: Run, loop: Loop) -> dict[str, Any]:
+    """Train from `loop.start_step` to `run.total_steps`, evaluating and checkpointing on the way.
+
+    Evaluates at step 0 (on a fresh start), every `eval_every` steps and at the end; checkpoints every
+    `save_every` steps and at the end, with model/. Returns the summary (also train/summary.json).
+    """
+    tcfg, total = run.tcfg, run.total_steps
+    if run.is_main and tcfg.save_initial_model and loop.start_step == 0:
+        save_hf(run.model, run.tokenizer, run.train_dir / "model_init")
+    metrics = _Metrics(run.train_dir / "metrics.jsonl", run.is_main, loop.start_step if loop.resumed else None)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    run.say(
+        f"training {n_params / 1e6:.2f}M params on {run.device} ({run.attn}), {run.world} process(es): "
+        f"{run.train_shards.n_rows} train rows, {run.stream.plan.rows_per_step} rows/step, {total} steps"
+    )
+    if loop.start_step == 0:
+        _validate(run, loop, 0)
+
+    bar = _progress(total, loop.start_step, run.is_main)
+    loop.t0 = time.perf_counter()
+    every = max(1, total // 20)
+    run.module.train()
+    for step in range(loop.start_step, total):
+        res = train_step(run, step)
+        loop.tokens += res.tokens
+        loop.targets += res.targets
+        loop.slots += res.slots
+        loop.last_loss = res.loss
+        elapsed = time.perf_counter() - loop.t0
+        n = step + 1
+        if n % tcfg.log_every == 0 or n == total:
+            metrics.write(_metrics_row(run, step, res, elapsed))
+        bar.set_postfix(loss=f"{res.loss:.3f}", tok_s=f"{loop.tokens / elapsed:,.0f}", refresh=False)
+        bar.update(1)
+        if _due(tcfg.save_every, n, total) and run.is_main:
+            _save(run, loop, n)
+        if _due(tcfg.eval_every, n, total):
+            _validate(run, loop, n)
+        if n % every == 0 or n == total or n == loop.start_step + 1:
+            eta = (total - n) * elapsed / max(1, n - loop.start_step)
+            run.say(
+                f"step {n}/{total} loss {res.loss:.4f} lr {res.lr:.2e} grad_norm {res.grad_norm:.3f} "
+                f"{loop.tokens / elapsed:,.0f} tok/s ({loop.targets / elapsed:,.0f} target tok/s) eta {eta:,.0f}s"
+            )
+    bar.close()
+    return _finish(run, loop)
+
+
+def train_step(run: Run, step: int) -> StepResult:
+    """One optimizer step: this rank's micro-batches, the loss normalised over the whole step, clip, AdamW."""
+    t = time.perf_counter()
+    micro = [collate(rows, run.pad_id, flat=run.flat) for rows in run.stream.step_rows(step, run.rank)]
+    targets, tokens, slots = _all_reduce(
+        [sum(m.n_targets for m in micro), sum(m.n_tokens for m in micro), sum(m.n_slots for m in micro)],
+        run.world,
+        run.device,
+    )
+    lr = lr_at(step, run.total_steps, run.tcfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = forward_backward(
+        run.module, micro, global_targets=int(targets), world_size=run.world, device=run.device,
+        amp=lambda: _amp(run.device, run.tcfg),
+    )  # fmt: skip
+    params = [p for p in run.model.parameters() if p.requires_grad]  # model order: the norm's float sum
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, run.tcfg.clip if run.tcfg.clip > 0 else float("inf"))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    (loss_total,) = _all_reduce([loss_sum], run.world, run.device)
+    seconds = time.perf_counter() - t
+    return StepResult(loss_total / max(1.0, targets), lr, float(grad_norm), tokens, targets, slots, seconds)
+
+
+def _due(every: int, n: int, total: int) -> bool:
+    """A periodic event after step n (the end has its own)."""
+    return bool(every) and n % every == 0 and n < total
+
+
+def _metrics_row(run: Run, step: int, res: StepResult, elapsed: float) -> dict[str, Any]:
+    return {
+        "step": step + 1, "loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm,
+        "tokens": int(res.tokens), "target_tokens": int(res.targets),
+        "padding_frac": 1 - res.tokens / max(1, res.slots),
+        "tokens_per_s": res.tokens / res.seconds, "target_tokens_per_s": res.targets / res.seconds,
+        "elapsed": elapsed, "epoch": run.stream.position(step)[0],
+    }  # fmt: skip
+
+
+def _validate(run: Run, loop: Loop, step: int) -> dict[str, Any] | None:
+    """Evaluate at `step`, record it in the eval history and train/eval.json; None without val shards."""
+    if run.val_shards is None:
+        return None
+    res = evaluate(
+        run.eval_module, run.val_shards, run.meta, step=step, batch_rows=run.tcfg.micro_batch_size,
+        pad_id=run.pad_id, device=run.device, tcfg=run.tcfg, flat=run.flat, rank=run.rank, world=run.world,
+    )  # fmt: skip
+    loop.eval_state["history"].append(res)
+    loop.eval_state.setdefault("initial", res)
+    loop.eval_state["final"] = res
+    if run.is_main:
+        atomic_write_json(run.train_dir / "eval.json", loop.eval_state)
+    shown = "n/a" if res["loss"] is None else f"{res['loss']:.4f}"
+    run.say(f"eval step {step}: val loss {shown} on {res['target_tokens']} target tokens")
+    return res
+
+
+def _save(run: Run, loop: Loop, step: int) -> None:
+    """Checkpoint after `step` steps, with what a resume needs besides weights and optimizer."""
+    epoch, row_in_epoch = run.stream.position(step)
+    extra = {"rows_per_step": run.stream.plan.rows_per_step, "total_steps": run.total_steps,
+             "eval_state": loop.eval_state, "epoch": epoch, "row_in_epoch": row_in_epoch}  # fmt: skip
+    save_checkpoint(run.ckpt_root, step, run.model, run.optimizer, extra, run.tcfg.keep_checkpoints)
+
+
+def _finish(run: Run, loop: Loop) -> dict[str, Any]:
+    """The final evaluation, model/ and the last checkpoint (rank 0), and the summary."""
+    elapsed = time.perf_counter() - loop.t0
+    if loop.start_step < run.total_steps or "final" not in loop.eval_state:
+        final = _validate(run, loop, run.total_steps)
+    else:  # resumed a finished run: nothing was trained
+        final = loop.eval_state["final"]
+    if run.is_main:
+        save_hf(run.model, run.tokenizer, run.run_dir / "model")
+        _save(run, loop, run.total_steps)
+        run.say(f"saved model to {run.run_dir / 'model'}")
+    if run.world > 1:
+        dist.barrier()
+    summary = {
+        "rank": run.rank,
+        "steps": run.total_steps,
+        "start_step": loop.start_step,
+        "world_size": run.world,
+        "device": str(run.device),
+        "attn_implementation": run.attn,
+        "params": sum(p.numel() for p in run.model.parameters()),
+        "train_loss": loop.last_loss,
+        "eval_initial": (loop.eval_state.get("initial") or {}).get("loss"),
+        "eval_final": (final or {}).get("loss"),
+        "tokens": int(loop.tokens),
+        "target_tokens": int(loop.targets),
+        "padding_frac": 1 - loop.tokens / loop.slots if loop.slots else 0.0,
+        "tokens_per_s": loop.tokens / elapsed if elapsed > 0 else 0.0,
+        "target_tokens_per_s": loop.targets / elapsed if elapsed > 0 else 0.0,
+        "elapsed_s": elapsed,
+        "model_dir": str(run.run_dir / "model"),
+        "metrics": str(run.train_dir / "metrics.jsonl"),
+        "eval": str(run.train_dir / "eval.json"),
+    }
+    if run.is_main:
+        atomic_write_json(run.train_dir / "summary.json", summary)
+    return summary
 
 
 class _Metrics:
@@ -210,244 +597,3 @@ def _progress(total: int, initial: int, active: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not active, unit="step", dynamic_ncols=True, leave=True)
-
-
-def train(run_dir: Path, cfg: RunConfig, *, resume: bool = False, log: Log | None = None) -> dict[str, Any]:
-    """Train on the run directory's shards; writes model/, train/metrics.jsonl, train/eval.json, checkpoints.
-
-    Works in one process or under torchrun (DDP: gloo on CPU, nccl on CUDA). `resume=True` continues
-    from the newest complete checkpoint in train/checkpoints/ (a fresh start when there is none).
-    `log` receives human-readable progress lines (rank 0 only). Returns a summary dict.
-    """
-    run_dir = Path(run_dir)
-    tcfg = cfg.train
-    manifest = read_manifest(run_dir)
-    splits = shard_paths(run_dir, manifest)
-    rank, world, _local, own_group = _dist_setup(tcfg.device)
-    is_main = rank == 0
-    say: Log = (log or _default_log) if is_main else (lambda _line: None)
-    if world == 1 and tcfg.nproc > 1:
-        # not launched by torchrun: one process accumulating nproc x as many micro-batches takes
-        # exactly the same steps (the loss is normalised over the whole step either way)
-        say(f"train.nproc={tcfg.nproc} but not under torchrun: one process with grad_accum x {tcfg.nproc}")
-        tcfg = tcfg.model_copy(update={"grad_accum": tcfg.grad_accum * tcfg.nproc, "nproc": 1})
-        cfg = cfg.model_copy(update={"train": tcfg})
-    try:
-        # the row capacity the shards were packed for sizes a from-scratch model's positions
-        seq_cap = int(manifest.get("max_seq_len") or cfg.pack.max_seq_len)
-        return _train(run_dir, cfg, splits, seq_cap, rank, world, is_main, resume, say)
-    finally:
-        if own_group:
-            dist.destroy_process_group()
-
-
-def _default_log(line: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(line)
-
-
-def _train(
-    run_dir: Path,
-    cfg: RunConfig,
-    splits: dict[str, list[Path]],
-    seq_cap: int,
-    rank: int,
-    world: int,
-    is_main: bool,
-    resume: bool,
-    say: Log,
-) -> dict[str, Any]:
-    tcfg, mcfg = cfg.train, cfg.model
-    seed = tcfg.seed if tcfg.seed is not None else cfg.seed
-    device = resolve_device(tcfg)
-    if device.type == "cpu":
-        threads = tcfg.num_threads or (max(1, (os.cpu_count() or 1) // world) if world > 1 else 0)
-        if threads:
-            torch.set_num_threads(threads)
-    attn = resolve_attn(tcfg, device)
-    # varlen attention: one concatenated sequence per micro-batch, no padding, no mask
-    flat = attn in ("flash_attention_2", VARLEN)
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    train_shards = ShardSet(splits["train"], cache_units=tcfg.shuffle_window + 1)
-    val_shards = ShardSet(splits["val"]) if splits["val"] else None
-    if val_shards is not None and val_shards.n_rows == 0:
-        val_shards = None
-    if train_shards.n_rows == 0:
-        raise ValueError(f"{run_dir}: the train shards hold no rows; nothing to train on")
-    max_len = max(train_shards.max_row_len(), val_shards.max_row_len() if val_shards else 0)
-    model = build_model(
-        mcfg, tokenizer, max_seq_len=max_len, positions=max(seq_cap, max_len), attn=attn, seed=seed
-    ).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-
-    plan = StepPlan(tcfg.micro_batch_size, tcfg.grad_accum, world)
-    stream = TrainStream(train_shards, plan, seed, tcfg.shuffle_window)
-    total_steps = tcfg.max_steps or max(1, math.ceil(tcfg.epochs * stream.steps_per_epoch))
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr_at(0, total_steps, tcfg),
-        betas=tcfg.betas,
-        eps=tcfg.eps,
-        foreach=True,
-    )
-
-    train_dir = run_dir / "train"
-    ckpt_root = train_dir / "checkpoints"
-    start_step = 0
-    eval_state: dict[str, Any] = {"history": []}
-    found = list_checkpoints(ckpt_root) if resume else []
-    if found:
-        state = load_checkpoint(found[-1], model, optimizer)
-        if state.get("rows_per_step") != plan.rows_per_step:
-            raise ValueError(
-                f"{found[-1]}: saved with {state.get('rows_per_step')} rows per step, now "
-                f"{plan.rows_per_step} (micro_batch_size x grad_accum x processes); resume with the same "
-                "settings or start a fresh run without --resume"
-            )
-        start_step = state["step"]
-        eval_state = state.get("eval_state", eval_state)
-        say(f"resumed from {found[-1].name} (step {start_step}/{total_steps})")
-    elif resume:
-        say("no checkpoint to resume from; starting fresh")
-
-    module: nn.Module = TargetLoss(model)
-    if tcfg.compile:
-        module = torch.compile(module)
-    # evaluation runs outside DDP: ranks may see different numbers of val batches, and DDP's
-    # forward is a collective
-    eval_module = module
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        module = nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
-
-    if is_main and tcfg.save_initial_model and start_step == 0:
-        save_hf(model, tokenizer, train_dir / "model_init")
-    metrics = _Metrics(train_dir / "metrics.jsonl", is_main, start_step if found else None)
-
-    def checkpoint_state(step: int) -> dict[str, Any]:
-        """What a resume needs besides the weights and optimizer: the batch layout and data position."""
-        epoch, row_in_epoch = stream.position(step)
-        return {"rows_per_step": plan.rows_per_step, "total_steps": total_steps, "eval_state": eval_state,
-                "epoch": epoch, "row_in_epoch": row_in_epoch}
-
-    def run_eval(step: int) -> dict[str, Any] | None:
-        if val_shards is None:
-            return None
-        res = evaluate(
-            eval_module, val_shards, meta, step=step, batch_rows=tcfg.micro_batch_size, pad_id=pad_id,
-            device=device, tcfg=tcfg, flat=flat, rank=rank, world=world,
-        )  # fmt: skip
-        eval_state["history"].append(res)
-        eval_state.setdefault("initial", res)
-        eval_state["final"] = res
-        if is_main:
-            atomic_write_json(train_dir / "eval.json", eval_state)
-        shown = "n/a" if res["loss"] is None else f"{res['loss']:.4f}"
-        say(f"eval step {step}: val loss {shown} on {res['target_tokens']} target tokens")
-        return res
-
-    meta = conversation_meta(run_dir) if val_shards is not None else {}
-    say(
-        f"training {n_params / 1e6:.2f}M params on {device} ({attn}), {world} process(es): "
-        f"{train_shards.n_rows} train rows, {plan.rows_per_step} rows/step, {total_steps} steps"
-    )
-    if start_step == 0:
-        run_eval(0)
-
-    amp = lambda: _amp(device, tcfg)  # noqa: E731
-    params = [p for p in model.parameters() if p.requires_grad]
-    bar = _progress(total_steps, start_step, is_main)
-    t0 = time.perf_counter()
-    done_tokens = done_targets = done_slots = 0.0
-    last_loss = float("nan")
-    every = max(1, total_steps // 20)
-    module.train()
-    for step in range(start_step, total_steps):
-        t_step = time.perf_counter()
-        micro = [collate(rows, pad_id, flat=flat) for rows in stream.step_rows(step, rank)]
-        targets, tokens, slots = _all_reduce(
-            [sum(m.n_targets for m in micro), sum(m.n_tokens for m in micro), sum(m.n_slots for m in micro)],
-            world,
-            device,
-        )
-        lr = lr_at(step, total_steps, tcfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = forward_backward(
-            module, micro, global_targets=int(targets), world_size=world, device=device, amp=amp
-        )
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip if tcfg.clip > 0 else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        (loss_total,) = _all_reduce([loss_sum], world, device)
-        last_loss = loss_total / max(1.0, targets)
-        dt = time.perf_counter() - t_step
-        done_tokens += tokens
-        done_targets += targets
-        done_slots += slots
-        elapsed = time.perf_counter() - t0
-        n = step + 1
-        if n % tcfg.log_every == 0 or n == total_steps:
-            metrics.write(
-                {
-                    "step": n, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
-                    "tokens": int(tokens), "target_tokens": int(targets), "padding_frac": 1 - tokens / max(1, slots),
-                    "tokens_per_s": tokens / dt, "target_tokens_per_s": targets / dt, "elapsed": elapsed,
-                    "epoch": stream.position(step)[0],
-                }  # fmt: skip
-            )
-        bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{done_tokens / elapsed:,.0f}", refresh=False)
-        bar.update(1)
-        if tcfg.save_every and n % tcfg.save_every == 0 and n < total_steps and is_main:
-            save_checkpoint(ckpt_root, n, model, optimizer, checkpoint_state(n), tcfg.keep_checkpoints)
-        if tcfg.eval_every and n % tcfg.eval_every == 0 and n < total_steps:
-            run_eval(n)
-        if n % every == 0 or n == total_steps or n == start_step + 1:
-            remaining = (total_steps - n) * elapsed / max(1, n - start_step)
-            say(
-                f"step {n}/{total_steps} loss {last_loss:.4f} lr {lr:.2e} grad_norm {float(grad_norm):.3f} "
-                f"{done_tokens / elapsed:,.0f} tok/s ({done_targets / elapsed:,.0f} target tok/s) "
-                f"eta {remaining:,.0f}s"
-            )
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    final = run_eval(total_steps) if start_step < total_steps or "final" not in eval_state else eval_state["final"]
-    if is_main:
-        save_hf(model, tokenizer, run_dir / "model")
-        save_checkpoint(ckpt_root, total_steps, model, optimizer, checkpoint_state(total_steps), tcfg.keep_checkpoints)
-        say(f"saved model to {run_dir / 'model'}")
-    if world > 1:
-        dist.barrier()
-    summary = {
-        "rank": rank,
-        "steps": total_steps,
-        "start_step": start_step,
-        "world_size": world,
-        "device": str(device),
-        "attn_implementation": attn,
-        "params": n_params,
-        "train_loss": last_loss,
-        "eval_initial": (eval_state.get("initial") or {}).get("loss"),
-        "eval_final": (final or {}).get("loss"),
-        "tokens": int(done_tokens),
-        "target_tokens": int(done_targets),
-        "padding_frac": 1 - done_tokens / done_slots if done_slots else 0.0,
-        "tokens_per_s": done_tokens / elapsed if elapsed > 0 else 0.0,
-        "target_tokens_per_s": done_targets / elapsed if elapsed > 0 else 0.0,
-        "elapsed_s": elapsed,
-        "model_dir": str(run_dir / "model"),
-        "metrics": str(run_dir / "train" / "metrics.jsonl"),
-        "eval": str(run_dir / "train" / "eval.json"),
-    }
-    if is_main:
-        atomic_write_json(train_dir / "summary.json", summary)
-    return summary
-

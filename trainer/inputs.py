@@ -1,8 +1,8 @@
 """What the trainer reads from a run directory: the manifest, the shard lists, curated metadata.
 
-The manifest is read through `pipeline.core.manifest.read_manifest` when that module exists (it owns
-the format and checks); otherwise manifest.json is read here with a tolerant reading of its
-`shards` entry (a list of objects with a path, or a mapping name -> object).
+The manifest is read through `pipeline.core.manifest.read_manifest`, which owns the format and its
+checks; its `shards` entry is read tolerantly here (a list of objects with a path, a mapping
+name -> object, or a mapping split -> list).
 """
 
 from __future__ import annotations

@@ -64,16 +64,3 @@ def step_scale(global_targets: int, world_size: int) -> float:
     """
     return world_size / max(1, global_targets)
 
-
-def masked_loss_sum(
-    lm: nn.Module,
-    input_ids: torch.Tensor,
-    loss_mask: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Summed target-token cross-entropy of one batch and its number of targets (a reference helper)."""
-    if position_ids is None:
-        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    losses, _, _ = TargetLoss(lm)(input_ids, loss_mask, position_ids, attention_mask)
-    return losses.sum(), int(losses.numel())
