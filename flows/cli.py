@@ -7,6 +7,7 @@ exit 2; a failed flow run prints what failed and exits 1; a rejected approval ga
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -87,15 +88,48 @@ def _config(path: str, overrides: list[str]) -> Any:
     return cfg
 
 
-def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
-    _config(args.config, args.set)  # validate before any flow run exists: errors stay one clean line
-    _start_client()
-    if not args.debug:
-        _console_without_tracebacks()
-    from flows.curate import curate, curate_and_train
+def _claim_output(cfg: Any, stack: contextlib.ExitStack, command: str) -> Path:
+    """Before any server or stage: the output folder must be ours (or new), and free; then hold its lock."""
+    from pipeline.core.rundir import RunDirError, claim_run_dir, run_lock
 
-    fn = curate_and_train if flow_name == "run" else curate
-    result = fn(config=args.config, overrides=args.set)
+    out = Path(cfg.output_dir)
+    try:
+        claim_run_dir(out)
+        stack.enter_context(run_lock(out, command=command, warn=lambda m: print(f"sftforge: warning: {m}",
+                                                                               file=sys.stderr)))
+    except RunDirError as e:
+        raise UserError(str(e)) from None
+    return out
+
+
+def _with_server(stack: contextlib.ExitStack) -> None:
+    """A Prefect API for the flow: the one PREFECT_API_URL names, else a local server of ours that dies
+    with this process (flows.procs), started before prefect is imported so its settings point at it."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from flows.procs import local_prefect_server
+
+    url = stack.enter_context(local_prefect_server())
+    os.environ["PREFECT_API_URL"] = url
+    stack.callback(os.environ.pop, "PREFECT_API_URL", None)
+    if "prefect" in sys.modules:  # imported earlier in this process (tests): override its settings too
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+
+
+def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
+    cfg = _config(args.config, args.set)  # validate before any flow run exists: errors stay one clean line
+    with contextlib.ExitStack() as stack:
+        _claim_output(cfg, stack, f"sftforge {flow_name} {args.config}")
+        _with_server(stack)
+        _start_client()
+        if not args.debug:
+            _console_without_tracebacks()
+        from flows.curate import curate, curate_and_train
+
+        fn = curate_and_train if flow_name == "run" else curate
+        result = fn(config=args.config, overrides=args.set)
     print()
     _print_summary(Path(result["run_dir"]))
     print(f"run directory: {result['run_dir']}")
@@ -162,17 +196,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{target}: neither a config file nor a run directory")
     cfg = _config(config, args.set) if config else None
     run_dir = Path(cfg.output_dir) if cfg is not None and target.is_file() else target
-    if not (run_dir / "manifest.json").is_file():
-        raise UserError(f"{run_dir}: no manifest.json, so no complete curated run: run sftforge curate CONFIG first")
-    nproc = int(getattr(cfg.train, "nproc", 1) or 1) if cfg is not None else 1
-    if nproc > 1 and config:
-        cmd = torchrun_command(run_dir, config, args.set, nproc)
-    else:
-        cmd = [sys.executable, "-m", "trainer", str(run_dir)] + (["--config", config] if config else [])
-        cmd += [x for o in args.set for x in ("--set", o)]
-    if args.resume:
-        cmd.append("--resume")
-    return subprocess.call(cmd)
+    from flows.procs import parent_death_signal
+    from pipeline.core.rundir import RunDirError, require_run_dir, run_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            require_run_dir(run_dir)
+            stack.enter_context(run_lock(run_dir, command="sftforge train " + " ".join(sys.argv[2:]),
+                                         warn=lambda m: print(f"sftforge: warning: {m}", file=sys.stderr)))
+        except RunDirError as e:
+            raise UserError(str(e)) from None
+        if not (run_dir / "manifest.json").is_file():
+            raise UserError(f"{run_dir}: no manifest.json, so no complete curated run: run sftforge curate CONFIG first")
+        nproc = int(getattr(cfg.train, "nproc", 1) or 1) if cfg is not None else 1
+        if nproc > 1 and config:
+            cmd = torchrun_command(run_dir, config, args.set, nproc)
+        else:
+            cmd = [sys.executable, "-m", "trainer", str(run_dir)] + (["--config", config] if config else [])
+            cmd += [x for o in args.set for x in ("--set", o)]
+        if args.resume:
+            cmd.append("--resume")
+        # the trainer (or torchrun and its workers) ends when we do, even on kill -9
+        return subprocess.call(cmd, preexec_fn=parent_death_signal())
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -8,6 +8,9 @@ imported inside the tasks, so a stage that is missing fails with a clear ImportE
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,9 @@ def _transient_io_error(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
         return False
-    except OSError:
-        return True
+    except OSError as e:
+        return e.errno not in (errno.ENOSPC, errno.EDQUOT)  # a full disk stays full
+
     except BaseException:  # noqa: BLE001 - anything else is not transient
         return False
     return False
@@ -136,20 +140,20 @@ def finalize_task(run_dir: str, records_read: int) -> dict[str, int]:
 
 
 @task(name="write-manifest", **IO_RETRIES)
-def manifest_task(run_dir: str, cfg: RunConfig, counts: dict[str, int]) -> str:
+def manifest_task(run_dir: str, manifest: dict[str, Any]) -> str:
     """manifest.json, last and atomically: the run directory is complete."""
     from pipeline.core.manifest import write_manifest
 
-    return str(write_manifest(Path(run_dir), cfg, counts))
+    return str(write_manifest(Path(run_dir), manifest))
 
 
 @task(name="build-report", **IO_RETRIES)
-def report_task(run_dir: str, cfg: RunConfig) -> dict[str, Any]:
+def report_task(run_dir: str, cfg: RunConfig, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """report/report.json + report/report.html, and the same summary as artifacts on the flow run."""
     from flows.artifacts import publish_report
     from pipeline.report.summary import build_report
 
-    summary = build_report(Path(run_dir), cfg)
+    summary = build_report(Path(run_dir), cfg, manifest)
     publish_report(summary)
     return summary
 
@@ -215,17 +219,64 @@ def describe_runner(rc: RunnerConfig) -> str:
     return f"the Dask cluster at {rc.address}" if rc.address else f"a local Dask cluster of {rc.n_workers} worker(s)"
 
 
+class StageIOError(OSError):
+    """A stage could not read or write a file (a full disk, a lost mount): names the stage and the path."""
+
+
+@contextmanager
+def stage_errors(stage: str, run_dir: Path) -> Iterator[None]:
+    """An OSError inside a stage says which stage and which path; its temporary files are removed."""
+    try:
+        yield
+    except StageIOError:
+        raise
+    except OSError as e:
+        from pipeline.core.rundir import sweep_temporaries
+
+        sweep_temporaries(run_dir)
+        where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e) else ""
+        hint = ": free some space or choose another output_dir" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise StageIOError(e.errno, f"stage {stage} failed writing in {run_dir}: {e.strerror or e}{where}{hint}",
+                           e.filename) from e
+
+
 def _run_stage(task_fn: Any, stage: str, run_dir: Path, key: str, source: str | None = None, **params: Any) -> Any:
     """Call a cached stage task; refresh its cache when its outputs on disk are not the ones it recorded."""
     fresh = not outputs_intact(run_dir, stage, key, source)
-    return task_fn.with_options(refresh_cache=fresh)(run_dir=str(run_dir), key=key, **params)
+    with stage_errors(stage, run_dir):
+        return task_fn.with_options(refresh_cache=fresh)(run_dir=str(run_dir), key=key, **params)
+
+
+def start_run(run_dir: Path) -> None:
+    """A run starts: the folder must be a run directory (claimed by the caller, who holds its lock);
+    the old manifest goes first (a run is incomplete until it writes a new one), and so does the debris
+    of writes a killed run left behind."""
+    from pipeline.core.manifest import remove_manifest
+    from pipeline.core.rundir import sweep_temporaries
+
+    remove_manifest(run_dir)
+    for p in sweep_temporaries(run_dir):
+        get_run_logger().info("removed %s, left by an interrupted write", p)
+
+
+@contextmanager
+def run_directory(cfg: RunConfig, flow_name: str) -> Iterator[Path]:
+    """Claim the config's output folder and hold its lock for the block (re-entrant: the CLI holds it
+    already when it runs the flow; a served deployment's flow run takes it here)."""
+    from pipeline.core.rundir import claim_run_dir, run_lock
+
+    run_dir = Path(cfg.output_dir).resolve()
+    claim_run_dir(run_dir)
+    with run_lock(run_dir, command=f"flow {flow_name}", warn=get_run_logger().warning):
+        yield run_dir
 
 
 def curate_run(cfg: RunConfig) -> dict[str, Any]:
-    """Every curation stage, in order, inside the calling flow. Returns stage stats and counts."""
+    """Every curation stage, in order, inside the calling flow (which holds the run directory's lock).
+    Returns stage stats and counts."""
     logger = get_run_logger()
     run_dir = Path(cfg.output_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    start_run(run_dir)
 
     # 1. ingest: one task per source, in parallel on the configured runner.
     keys = {
@@ -239,7 +290,8 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
             fresh = not outputs_intact(run_dir, "ingest", keys[s.name], s.name)
             params = {"source": s, "run_dir": str(run_dir), "key": keys[s.name]}
             futures.append(runner.submit(ingest_task.with_options(refresh_cache=fresh), params))
-        ingest = [f.result() for f in futures]
+        with stage_errors("ingest", run_dir):
+            ingest = [f.result() for f in futures]
     records_read = sum(int(s["read"]) for s in ingest)
     parts = [str(p) for s in ingest for p in _parts(s, run_dir / "work" / "ingest" / s["source"])]
 
@@ -265,10 +317,17 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
                     code_version("pipeline.render.stage"))
     stats["tokenize"] = _run_stage(tokenize_task, "tokenize", run_dir, key, cfg=cfg)
 
-    # 6-8. the ledger must balance before anything is published; then the manifest, then the report.
-    counts = finalize_task(str(run_dir), records_read)
-    manifest = manifest_task(str(run_dir), cfg, counts)
-    summary = report_task(str(run_dir), cfg)
+    # 6-8. the ledger must balance before anything is published; then the report, then the manifest,
+    # truly last: its presence says everything before it is on disk.
+    from pipeline.core.manifest import build_manifest
+
+    with stage_errors("finalize", run_dir):
+        counts = finalize_task(str(run_dir), records_read)
+    manifest_dict = build_manifest(run_dir, cfg, counts)
+    with stage_errors("report", run_dir):
+        summary = report_task(str(run_dir), cfg, manifest_dict)
+    with stage_errors("manifest", run_dir):
+        manifest = manifest_task(str(run_dir), manifest_dict)
     return {"run_dir": str(run_dir), "records_read": records_read, "counts": counts, "manifest": manifest,
             "report": str(run_dir / "report" / "report.html"), "stats": stats, "summary": summary}
 
@@ -281,7 +340,8 @@ def _load(config: str, overrides: list[str] | None) -> RunConfig:
 def curate(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Curate the sources of a config into a run directory (no training)."""
     cfg = _load(config, overrides)
-    result = curate_run(cfg)
+    with run_directory(cfg, "curate"):
+        result = curate_run(cfg)
     result.pop("summary", None)
     return result
 
@@ -289,11 +349,16 @@ def curate(config: str = "configs/demo.toml", overrides: list[str] | None = None
 @flow(name="curate-and-train", log_prints=True)
 def curate_and_train(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Curate, check the gate, train, compare before/after, and rebuild the report with the loss curves."""
+    overrides = list(overrides or [])
+    cfg = _load(config, overrides)
+    with run_directory(cfg, "curate-and-train"):
+        return _curate_and_train(cfg, config, overrides)
+
+
+def _curate_and_train(cfg: RunConfig, config: str, overrides: list[str]) -> dict[str, Any]:
     from flows.gate import run_gate
 
     logger = get_run_logger()
-    overrides = list(overrides or [])
-    cfg = _load(config, overrides)
     result = curate_run(cfg)
     summary = result.pop("summary")
     run_dir = Path(result["run_dir"])

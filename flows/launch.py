@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from flows.procs import parent_death_signal
+
 
 class TrainingFailed(RuntimeError):
     """The trainer subprocess exited non-zero; the message carries its last lines."""
@@ -33,7 +35,8 @@ def stream_subprocess(cmd: list[str], log: Callable[[str], None], cwd: str | Pat
     tail: list[str] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=cwd, env=env
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=cwd, env=env,
+        preexec_fn=parent_death_signal(),  # torchrun (and so its workers) end with the flow's process
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,6 +55,16 @@ class RunConfig(BaseModel):
                 raise ValueError(f"source name {s.name!r} is used twice; names must be unique")
             seen.add(s.name)
         return self
+
+    #: sections that do not decide the curated data: where it goes, how the flow runs, training
+    NOT_DATA: ClassVar[frozenset[str]] = frozenset(
+        {"name", "output_dir", "runner", "gate", "report", "model", "train", "before_after"}
+    )
+
+    def data_hash(self) -> str:
+        """Hash of what decides the curated data and shards (the manifest's `config_hash`): the same
+        sources and settings give the same hash whatever the run is called or where it is written."""
+        return self.section_hash(*(k for k in type(self).model_fields if k not in self.NOT_DATA))
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of some sections (for cache keys): same settings, same hash."""

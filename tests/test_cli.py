@@ -51,7 +51,11 @@ def test_gate_and_serve_need_a_server(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_report_and_train_refuse_what_is_not_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no such run directory" in _err(capsys, ["report", str(tmp_path / "none")])
     assert "no report/report.json" in _err(capsys, ["report", str(tmp_path)])
-    assert "no manifest.json" in _err(capsys, ["train", str(tmp_path)])
+    assert "not a sftforge run directory" in _err(capsys, ["train", str(tmp_path)])
+    from pipeline.core.rundir import claim_run_dir
+
+    claim_run_dir(tmp_path / "marked")
+    assert "no manifest.json" in _err(capsys, ["train", str(tmp_path / "marked")])
     assert "neither a config file nor a run directory" in _err(capsys, ["train", str(tmp_path / "x")])
 
 

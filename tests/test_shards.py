@@ -13,7 +13,7 @@ import pytest
 from tokenize_fixtures import make_run, record, sample_conversations
 
 from pipeline.core.ledger import read_ledger
-from pipeline.core.manifest import ManifestError, read_manifest, schema_version, write_manifest
+from pipeline.core.manifest import SCHEMA_VERSION, ManifestError, build_manifest, read_manifest, write_manifest
 from pipeline.render.masks import MaskOptions, encode_conversations
 from pipeline.render.stage import SHARD_SCHEMA, count_tokens, run_tokenize
 from pipeline.render.templates import BUILTIN_TEMPLATES
@@ -152,10 +152,10 @@ def test_manifest_lists_every_shard_and_is_required(tmp_path) -> None:
     with pytest.raises(ManifestError, match="manifest.json not found"):
         read_manifest(run_dir)
     run_tokenize(run_dir, cfg)
-    path = write_manifest(run_dir, cfg, {"kept": 40})
+    path = write_manifest(run_dir, build_manifest(run_dir, cfg, {"kept": 40}))
     m = read_manifest(run_dir)
-    assert path == run_dir / "manifest.json" and m["schema_version"] == schema_version()
-    assert m["config_hash"] == cfg.section_hash() and m["counts"] == {"kept": 40} and m["template"] == "chatml"
+    assert path == run_dir / "manifest.json" and m["schema_version"] == SCHEMA_VERSION
+    assert m["config_hash"] == cfg.data_hash() and m["counts"] == {"kept": 40} and m["template"] == "chatml"
     files = sorted((run_dir / "shards").glob("*.parquet"))
     assert [s["path"] for s in m["shards"]] == [f"shards/{p.name}" for p in files]
     for s in m["shards"]:

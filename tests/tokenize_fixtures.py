@@ -52,7 +52,9 @@ def make_run(tmp: Path, records: list[dict[str, Any]], *, repeat: list[int] | No
     """A run dir with curated/part-00000.parquet from records, and a RunConfig for it."""
     import polars as pl
 
-    run_dir = Path(tmp)
+    from pipeline.core.rundir import claim_run_dir
+
+    run_dir = claim_run_dir(tmp).root  # a run directory sftforge made: stages may replace their outputs
     (run_dir / "curated").mkdir(parents=True, exist_ok=True)
     df = from_records(records)
     if repeat is not None:

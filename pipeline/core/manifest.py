@@ -23,11 +23,6 @@ class ManifestError(RuntimeError):
     """The run directory has no (readable, current) manifest.json: it is incomplete."""
 
 
-def schema_version() -> int:
-    """The manifest/shard schema version this code writes and reads."""
-    return SCHEMA_VERSION
-
-
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (shards can be large)."""
     h = hashlib.sha256()
@@ -37,8 +32,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> Path:
-    """Write manifest.json atomically, after everything else of the run is on disk."""
+def build_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> dict[str, Any]:
+    """The manifest of a curated run directory, as a dict (written by `write_manifest`)."""
     rd = RunDir.of(run_dir)
     tok_file = rd.tokenizer / "tokenizer.json"
     if not tok_file.exists():
@@ -54,10 +49,10 @@ def write_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> Path:
         })
     if not shards:
         raise ManifestError(f"{rd.shards} holds no shard: run the tokenize stage before writing the manifest")
-    manifest = {
+    return {
         "schema_version": SCHEMA_VERSION,
         "name": cfg.name,
-        "config_hash": cfg.section_hash(),
+        "config_hash": cfg.data_hash(),
         "tokenizer_hash": sha256_file(tok_file),
         "template": cfg.template.name,
         "chat_template": tok_cfg.get("chat_template"),
@@ -65,7 +60,17 @@ def write_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> Path:
         "counts": counts,
         "shards": shards,
     }
-    return atomic_write_json(rd.manifest, manifest)
+
+
+def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write manifest.json atomically: the run's "complete" flag, so the very last file a run writes."""
+    return atomic_write_json(RunDir.of(run_dir).manifest, manifest)
+
+
+def remove_manifest(run_dir: str | Path) -> None:
+    """A run that starts is not complete until it writes its manifest again: remove the old one first,
+    so a run killed half-way never leaves a manifest describing shards that are gone."""
+    RunDir.of(run_dir).manifest.unlink(missing_ok=True)
 
 
 def read_manifest(run_dir: str | Path) -> dict:

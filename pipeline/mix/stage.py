@@ -32,7 +32,12 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
-from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_parquet
+from pipeline.core.rundir import (
+    atomic_write_json,
+    atomic_write_parquet,
+    claim_run_dir,
+    remove_outputs,
+)
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
 from pipeline.mix.select import SIGNAL_COLUMNS, priority_order, sample_keys, score_frame, select
 from schemas.config import ConfigError, RunConfig
@@ -402,7 +407,7 @@ def run_mix(
     `count_tokens(df, run_dir, cfg) -> pl.Series` (pipeline.render.stage.count_tokens) gives the rendered
     tokens per conversation; without it they are estimated (estimate_tokens)."""
     _validate_names(cfg)
-    rd = RunDir.of(run_dir)
+    rd = claim_run_dir(run_dir)
     df = read_parts([Path(p) for p in in_paths])
     source_tiers = {s.name: str(s.tier) for s in cfg.sources}
     df = score_frame(df, cfg.select)
@@ -441,8 +446,7 @@ def run_mix(
     ordered = [c for c in first if c not in ("score", *SIGNAL_COLUMNS)] + ["score", *SIGNAL_COLUMNS, "repeat"]
     kept = kept.drop(helper).select(ordered)
     rd.curated.mkdir(parents=True, exist_ok=True)
-    for old in rd.curated.glob("part-*.parquet"):
-        old.unlink()
+    remove_outputs(rd.curated, "part-[0-9][0-9][0-9][0-9][0-9].parquet")
     parts = [
         atomic_write_parquet(kept.slice(i, PART_ROWS), rd.curated / f"part-{i // PART_ROWS:05d}.parquet")
         for i in range(0, max(kept.height, 1), PART_ROWS)

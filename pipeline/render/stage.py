@@ -24,7 +24,14 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
-from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_parquet, atomic_write_table
+from pipeline.core.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_parquet,
+    atomic_write_table,
+    claim_run_dir,
+    remove_outputs,
+)
 from pipeline.render.masks import (
     Encoded,
     MaskOptions,
@@ -244,7 +251,7 @@ def _self_check(
 def run_tokenize(run_dir: str | Path, cfg: Any) -> dict:
     """Tokenize curated/ into shards/, tokenizer/, ledger/tokenize.parquet and work/tokenize/stats.json."""
     run_dir = Path(run_dir)
-    rd = RunDir.of(run_dir)
+    rd = claim_run_dir(run_dir)
     df = read_curated(run_dir)
     template = _template(cfg)
     opts = _mask_options(cfg)
@@ -272,8 +279,9 @@ def run_tokenize(run_dir: str | Path, cfg: Any) -> dict:
 
     shards_dir = rd.shards
     shards_dir.mkdir(parents=True, exist_ok=True)
-    for old in shards_dir.glob("*.parquet"):  # a re-run must not leave shards of a bigger earlier run
-        old.unlink()
+    # a re-run must not leave shards of a bigger earlier run; only our own names, only in a run dir
+    remove_outputs(shards_dir, "train-[0-9][0-9][0-9][0-9][0-9].parquet")
+    remove_outputs(shards_dir, "val-[0-9][0-9][0-9][0-9][0-9].parquet")
     entries, packing = [], {}
     cap = cfg.pack.max_seq_len
     for split, items, seed in (("train", train_items, cfg.seed), ("val", val_items, cfg.seed + 1)):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -266,7 +267,25 @@ def _jinja_env():  # noqa: ANN202 - jinja types are imported lazily
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:  # noqa: ANN001
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """The sandbox, plus a bound on what one expression may build: `'x' * 4000000000` or
+        `10 ** 10 ** 9` is refused before it is computed (the output and time bounds are in
+        `bounded_render`)."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):  # noqa: ANN001, ANN201
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_RENDER_CHARS:
+                        raise jinja2.exceptions.SecurityError(
+                            f"the template builds a sequence of {len(seq) * n:,} items (limit {MAX_RENDER_CHARS:,})"
+                        )
+            elif operator == "**" and isinstance(right, int) and abs(right) > 4096:
+                raise jinja2.exceptions.SecurityError(f"the template raises to the power {right} (limit 4096)")
+            return super().call_binop(context, operator, left, right)
+
+    env = BoundedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = tojson
@@ -275,9 +294,30 @@ def _jinja_env():  # noqa: ANN202 - jinja types are imported lazily
     return env
 
 
+#: bounds on one rendering of one conversation: a template is code from a model repository
+MAX_RENDER_CHARS = 32 << 20
+MAX_RENDER_SECONDS = 20.0
+
+
+def bounded_render(compiled, **context: object) -> str:  # noqa: ANN001 - a jinja2.Template
+    """Render piece by piece, stopping with a TemplateError past MAX_RENDER_CHARS characters or
+    MAX_RENDER_SECONDS seconds (a template looping over ranges it builds itself)."""
+    pieces: list[str] = []
+    size = 0
+    deadline = time.monotonic() + MAX_RENDER_SECONDS
+    for n, piece in enumerate(compiled.generate(**context)):
+        pieces.append(piece)
+        size += len(piece)
+        if size > MAX_RENDER_CHARS:
+            raise TemplateError(f"the chat template rendered more than {MAX_RENDER_CHARS:,} characters for one conversation")
+        if n % 256 == 255 and time.monotonic() > deadline:
+            raise TemplateError(f"the chat template took more than {MAX_RENDER_SECONDS:.0f} s for one conversation")
+    return "".join(pieces)
+
+
 def jinja_render_text(source: str, messages: Messages, **kwargs: object) -> str:
     """Render a chat template with our sandbox and no markers (what transformers would produce)."""
-    out = _jinja_env().from_string(source).render(messages=list(messages), **kwargs)
+    out = bounded_render(_jinja_env().from_string(source), messages=list(messages), **kwargs)
     return re.sub(f"[{_SENTINELS}]", "", out)
 
 
@@ -318,8 +358,10 @@ def make_jinja_template(
                 raise TemplateError("a message contains a private-use character U+E000..U+E003 used as a marker")
         marked_msgs = [{"role": m["role"], "content": _OPEN + m["content"] + _CLOSE} for m in messages]
         try:
-            marked = compiled.render(messages=marked_msgs, add_generation_prompt=False, **extra)
-            plain = compiled.render(messages=list(messages), add_generation_prompt=False, **extra)
+            marked = bounded_render(compiled, messages=marked_msgs, add_generation_prompt=False, **extra)
+            plain = bounded_render(compiled, messages=list(messages), add_generation_prompt=False, **extra)
+        except TemplateError:
+            raise
         except Exception as e:
             raise TemplateError(f"chat template {name!r} failed to render: {e}") from None
         text, events = _strip_markers(marked)

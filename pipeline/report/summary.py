@@ -342,8 +342,9 @@ def stage_stats(run_dir: Path) -> dict[str, Any]:
     return stats
 
 
-def summarize(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
-    """The report as a dict (what report.json holds)."""
+def summarize(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report as a dict (what report.json holds); `manifest`: the one about to be written (the
+    manifest is the run's last file, so the report is built before it lands)."""
     run_dir = Path(run_dir)
     rc = cfg.report
     ledger = read_ledger(run_dir)
@@ -374,19 +375,19 @@ def summarize(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
         "shards": shard_profile(run_dir, cfg.pack.max_seq_len, rc.histogram_bins),
         "truncation": _find(tokenize, "trunc"),
         "mix": stats.get("mix"),
-        "manifest": _read_json(run_dir / "manifest.json"),
+        "manifest": manifest if manifest is not None else _read_json(run_dir / "manifest.json"),
         "training": training_section(run_dir),
         "before_after": _read_json(run_dir / "report" / "before_after.json"),
         "stage_stats": stats,
     }
 
 
-def build_report(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
+def build_report(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write report/report.json and the self-contained report/report.html; return the summary."""
     from pipeline.report.html import render_html
 
     run_dir = Path(run_dir)
-    summary = summarize(run_dir, cfg)
+    summary = summarize(run_dir, cfg, manifest)
     rd = RunDir.of(run_dir)
     atomic_write_json(rd.report / "report.json", summary)
     atomic_write_bytes(rd.report / "report.html", render_html(summary).encode("utf-8"))
