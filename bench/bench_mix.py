@@ -61,9 +61,11 @@ def timed(label: str, fn, *args, **kwargs):
 
 def curate(cfg: RunConfig, run_dir: Path) -> int:
     """Every curation stage in process (what flows/curate.py chains), returning records read."""
+    from pipeline.render.encode import run_encode
+    from pipeline.render.pack import run_pack
+
     from pipeline.ingest.stage import ingest_source
     from pipeline.mix.stage import run_mix
-    from pipeline.render.stage import count_tokens, run_tokenize
 
     t0 = time.perf_counter()
     ingest = [ingest_source(s, run_dir) for s in cfg.sources]
@@ -75,9 +77,10 @@ def curate(cfg: RunConfig, run_dir: Path) -> int:
 
     parts = [Path(p) for p in timed("dedup", run_dedup, parts, run_dir, cfg.dedup)["parts"]]
     parts = [Path(p) for p in timed("quality", run_quality, parts, run_dir, cfg.quality)["parts"]]
-    mix_stats = timed("mix", run_mix, parts, run_dir, cfg, count_tokens=count_tokens)
-    timed("tokenize", run_tokenize, run_dir, cfg)
-    (run_dir / "work" / "bench_mix_stats.json").write_text(json.dumps(mix_stats["after"], indent=1))
+    encoded = [Path(p) for p in timed("encode", run_encode, parts, run_dir, cfg).parts]
+    mix_stats = timed("mix", run_mix, parts, run_dir, cfg, encoded=encoded)
+    timed("pack", run_pack, run_dir, cfg)
+    (run_dir / "work" / "bench_mix_stats.json").write_text(json.dumps(mix_stats.after, indent=1))
     return read
 
 

@@ -6,7 +6,7 @@ so every system trains on the same target tokens. TRL runs with `assistant_only_
 messages format (the run tokenizer's template carries `{% generation %}` markers), first in its
 default configuration (padded batches, no packing), then with `packing=True` (BFD, padding-free);
 `--only trl_fp32 --only trl_packing_fp32` adds both with bf16 and gradient checkpointing off.
-sftforge trains on the shards the tokenize stage packed (`pipeline.render.stage.run_tokenize`).
+sftforge trains on the shards the tokenize stage packed (`pipeline.render.pack.run_tokenize`: encode, then pack).
 
 Prints target tokens/s of each, the ratios, and the share of computed token slots that are padding.
 
@@ -46,13 +46,15 @@ def curated_alpaca(path: Path, n: int) -> pl.DataFrame:
 
 def build_run_dir(root: Path, records: int, cfg: Any) -> Path:
     """curated/ -> the project's tokenize stage -> shards/, tokenizer/, manifest.json."""
-    from pipeline.core.manifest import write_manifest
-    from pipeline.render.stage import run_tokenize
+    from pipeline.core.manifest import build_manifest, write_manifest
+    from pipeline.core.rundir import claim_run_dir
+    from pipeline.render.pack import run_tokenize
 
+    claim_run_dir(root)
     (root / "curated").mkdir(parents=True)
     curated_alpaca(DATA, records).write_parquet(root / "curated" / "part-00000.parquet")
-    stats = run_tokenize(root, cfg)
-    write_manifest(root, cfg, {"tokenize": {"train_rows": stats.get("packing", {})}})
+    _, pack = run_tokenize(root, cfg)
+    write_manifest(root, build_manifest(root, cfg, {"tokenize": {"train_rows": pack.packing}}))
     return root
 
 

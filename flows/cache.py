@@ -17,22 +17,10 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline.core.rundir import atomic_write_json
+from pipeline.core.rundir import RunDir, atomic_write_json
 
 _PROJECT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("pipeline", "schemas", "trainer")
-
-#: Files each stage writes, relative to the run directory ("{source}" for ingest). Used for the
-#: output fingerprint: a cache hit is only trusted while these are unchanged on disk.
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "ingest": ("work/ingest/{source}/**/*", "quarantine/{source}.parquet", "ledger/ingest-{source}.parquet"),
-    "dedup": ("work/dedup/**/*", "ledger/dedup.parquet"),
-    "quality": ("work/quality/**/*", "ledger/quality.parquet"),
-    "mix": ("curated/**/*", "work/mix/**/*", "ledger/mix.parquet"),
-    "tokenize": ("tokenizer/**/*", "shards/**/*", "work/tokenize/**/*", "ledger/tokenize.parquet"),
-    "train": ("model/**/*", "train/**/*"),
-}
-
 
 def hash_files(paths: Iterable[str | Path]) -> str:
     """Hash of the names' order and the bytes of the given files (a directory: every file below it)."""
@@ -94,9 +82,13 @@ def stage_key(stage: str, run_dir: str | Path, *parts: str) -> str:
 
 
 def _output_files(run_dir: Path, stage: str, source: str | None) -> dict[str, list[int]]:
+    """Size and mtime of every file the stage writes (its outputs, from the registry)."""
+    from flows.stages import stage as stage_of
+
     out: dict[str, list[int]] = {}
-    for pattern in STAGE_OUTPUTS[stage]:
-        for f in run_dir.glob(pattern.format(source=source)):
+    for target in stage_of(stage).outputs(RunDir(run_dir), source):
+        files = sorted(f for f in target.rglob("*") if f.is_file()) if target.is_dir() else [target]
+        for f in files:
             if f.is_file() and not f.name.startswith("."):
                 st = f.stat()
                 out[str(f.relative_to(run_dir))] = [st.st_size, st.st_mtime_ns]
@@ -104,7 +96,7 @@ def _output_files(run_dir: Path, stage: str, source: str | None) -> dict[str, li
 
 
 def _marker(run_dir: Path, stage: str, source: str | None) -> Path:
-    return run_dir / "work" / ".cache" / (f"{stage}-{source}.json" if source else f"{stage}.json")
+    return RunDir(run_dir).cache / (f"{stage}-{source}.json" if source else f"{stage}.json")
 
 
 def record_outputs(run_dir: str | Path, stage: str, key: str, source: str | None = None) -> None:

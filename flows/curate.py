@@ -1,9 +1,9 @@
 """The Prefect flows `curate` (data only) and `curate-and-train`: one task per pipeline stage.
 
-Tasks pass paths, never DataFrames. Every stage task is cached under a key built from content
-(flows.cache): a re-run skips unchanged stages, and a changed input, config section or stage code
-re-runs that stage and everything downstream (their inputs' bytes change). Stage modules are
-imported inside the tasks, so a stage that is missing fails with a clear ImportError in its own task.
+Tasks pass paths, never DataFrames. The stages, their inputs, config sections, code and outputs
+come from one registry (flows.stages.STAGES). Every stage task is cached under a key built from
+content (flows.cache): a re-run skips unchanged stages, and a changed input, config section or
+stage code re-runs that stage and everything downstream (their inputs' bytes change).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from prefect.context import TaskRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.cache import code_version, hash_files, outputs_intact, record_outputs, stage_key
+from flows.stages import STAGES, TRAIN
 from schemas.config import RunConfig, load_config
 from schemas.config_flow import RunnerConfig
 from schemas.config_sources import SourceConfig
@@ -55,21 +56,21 @@ def _cached(name: str, retries: bool = True, **kw: Any) -> dict[str, Any]:
     return opts
 
 
-def _parts(stats: dict[str, Any], fallback: Path) -> list[Path]:
-    """The Parquet parts a stage wrote: from its stats, else whatever lies in its output directory."""
-    parts = stats.get("parts")
-    if parts:
-        return [Path(p) for p in parts]
-    return sorted(fallback.glob("*.parquet"))
+def as_json(result: Any) -> Any:
+    """A stage result as plain JSON (typed results through their to_json; Paths as strings)."""
+    if hasattr(result, "to_json"):
+        return as_json(result.to_json())
+    if isinstance(result, dict):
+        return {str(k): as_json(v) for k, v in result.items()}
+    if isinstance(result, list | tuple):
+        return [as_json(v) for v in result]
+    return str(result) if isinstance(result, Path) else result
 
 
-def _plain(stats: Any) -> Any:
-    """Stats with Paths as strings, so results persist and print as JSON."""
-    if isinstance(stats, dict):
-        return {str(k): _plain(v) for k, v in stats.items()}
-    if isinstance(stats, list | tuple):
-        return [_plain(v) for v in stats]
-    return str(stats) if isinstance(stats, Path) else stats
+def _parts_of(result: Any) -> list[str]:
+    """The Parquet parts a stage handed on."""
+    parts = result.parts if hasattr(result, "parts") else result.get("parts", [])
+    return [str(p) for p in parts]
 
 
 # --------------------------------------------------------------------------- tasks
@@ -80,7 +81,7 @@ def ingest_task(source: SourceConfig, run_dir: str, key: str) -> dict[str, Any]:
     """Read one source into canonical parts; its quarantine and ledger part."""
     from pipeline.ingest.stage import ingest_source
 
-    stats = _plain(ingest_source(source, Path(run_dir)))
+    stats = as_json(ingest_source(source, Path(run_dir)))
     record_outputs(run_dir, "ingest", key, source.name)
     get_run_logger().info(
         "%s: read %s, kept %s, quarantined %s", source.name, stats.get("read"), stats.get("kept"), stats.get("quarantined")
@@ -88,45 +89,15 @@ def ingest_task(source: SourceConfig, run_dir: str, key: str) -> dict[str, Any]:
     return stats
 
 
-@task(**_cached("dedup"))
-def dedup_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
-    """Exact and near-duplicate removal across all sources."""
-    from pipeline.dedup.stage import run_dedup
-
-    stats = _plain(run_dedup([Path(p) for p in in_paths], Path(run_dir), cfg.dedup))
-    record_outputs(run_dir, "dedup", key)
-    return stats
-
-
-@task(**_cached("quality"))
-def quality_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
-    """Quality filters, language id, PII redaction, benchmark decontamination."""
-    from pipeline.quality.stage import run_quality
-
-    stats = _plain(run_quality([Path(p) for p in in_paths], Path(run_dir), cfg.quality))
-    record_outputs(run_dir, "quality", key)
-    return stats
-
-
-@task(**_cached("mix"))
-def mix_task(in_paths: list[str], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
-    """Mixture weights, caps and selection; writes curated/."""
-    from pipeline.mix.stage import run_mix
-    from pipeline.render.stage import count_tokens
-
-    stats = _plain(run_mix([Path(p) for p in in_paths], Path(run_dir), cfg, count_tokens=count_tokens))
-    record_outputs(run_dir, "mix", key)
-    return stats
-
-
-@task(**_cached("tokenize"))
-def tokenize_task(run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
-    """Render with the chat template, tokenize, pack into train/val shards."""
-    from pipeline.render.stage import run_tokenize
-
-    stats = _plain(run_tokenize(Path(run_dir), cfg))
-    record_outputs(run_dir, "tokenize", key)
-    return stats
+@task(**_cached("stage"), task_run_name="{name}")
+def stage_task(name: str, inputs: dict[str, list[str]], run_dir: str, cfg: RunConfig, key: str) -> dict[str, Any]:
+    """One data stage of the registry (flows.stages), on the parts of its input stages."""
+    result = as_json(STAGES[name].run({k: [Path(p) for p in v] for k, v in inputs.items()}, Path(run_dir), cfg))
+    record_outputs(run_dir, name, key)
+    if "seconds" in result:
+        get_run_logger().info("%s: %s in, %s out, %.1f s", name, result.get("records_in"), result.get("records_out"),
+                              result["seconds"])
+    return result
 
 
 @task(name="finalize-ledger")
@@ -173,7 +144,7 @@ def train_task(run_dir: str, cfg: RunConfig, config_path: str, overrides: list[s
     else:
         from trainer.fit import train
 
-        result = _plain(train(Path(run_dir), cfg, log=logger.info))
+        result = as_json(train(Path(run_dir), cfg, log=logger.info))
     record_outputs(run_dir, "train", key)
     return result
 
@@ -181,12 +152,9 @@ def train_task(run_dir: str, cfg: RunConfig, config_path: str, overrides: list[s
 @task(name="before-after")
 def compare_task(run_dir: str, cfg: RunConfig) -> dict[str, Any] | None:
     """The model's answers before and after training, side by side (report/before_after.json)."""
-    try:
-        from trainer.before_after import compare
-    except ImportError:
-        get_run_logger().warning("trainer.before_after is not available: no before/after section")
-        return None
-    return _plain(compare(Path(run_dir), cfg))
+    from trainer.before_after import compare
+
+    return as_json(compare(Path(run_dir), cfg))
 
 
 # --------------------------------------------------------------------------- wiring
@@ -279,10 +247,9 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     start_run(run_dir)
 
     # 1. ingest: one task per source, in parallel on the configured runner.
-    keys = {
-        s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(),
-                            code_version("pipeline.ingest.stage")) for s in cfg.sources
-    }
+    code = {name: code_version(*st.code) for name, st in STAGES.items()}
+    keys = {s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(), code["ingest"])
+            for s in cfg.sources}
     logger.info("ingesting %d source(s) in parallel on %s", len(cfg.sources), describe_runner(cfg.runner))
     with make_task_runner(cfg.runner) as runner:
         futures = []
@@ -293,29 +260,20 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
         with stage_errors("ingest", run_dir):
             ingest = [f.result() for f in futures]
     records_read = sum(int(s["read"]) for s in ingest)
-    parts = [str(p) for s in ingest for p in _parts(s, run_dir / "work" / "ingest" / s["source"])]
+    parts: dict[str, list[str]] = {"ingest": [p for s in ingest for p in _parts_of(s)]}
 
-    # 2-4. dedup, quality, mix: each keyed by the bytes of its input parts and its config sections.
+    # 2... every other data stage, in registry order, keyed by the bytes of its input parts, its config
+    # sections, the files its config names and its code.
     stats: dict[str, Any] = {"ingest": ingest}
-    for stage, task_fn, sections, modules in (
-        ("dedup", dedup_task, ("dedup",), ("pipeline.dedup.stage",)),
-        ("quality", quality_task, ("quality",), ("pipeline.quality.stage",)),
-        # mix counts rendered tokens, so the template and tokenizer settings and code are part of its key
-        ("mix", mix_task, ("mix", "select", "seed", "template", "tokenizer", "pack"), ("pipeline.mix.stage", "pipeline.render.stage")),
-    ):
-        key = stage_key(stage, run_dir, hash_files(parts), cfg.section_hash(*sections), code_version(*modules))
-        stats[stage] = _run_stage(task_fn, stage, run_dir, key, in_paths=parts, cfg=cfg)
-        out_dir = run_dir / "curated" if stage == "mix" else run_dir / "work" / stage
-        parts = [str(p) for p in _parts(stats[stage], out_dir)]
-        logger.info("%s: %d part(s) out", stage, len(parts))
-
-    # 5. tokenize: keyed by curated/, the template/tokenizer/pack sections and a given tokenizer's bytes.
-    tok_parts = [hash_files(sorted((run_dir / "curated").glob("*.parquet")))]
-    if cfg.tokenizer.path is not None:
-        tok_parts.append(hash_files([cfg.tokenizer.path]))
-    key = stage_key("tokenize", run_dir, *tok_parts, cfg.section_hash("template", "tokenizer", "pack", "seed"),
-                    code_version("pipeline.render.stage"))
-    stats["tokenize"] = _run_stage(tokenize_task, "tokenize", run_dir, key, cfg=cfg)
+    for name, st in STAGES.items():
+        if name == "ingest":
+            continue
+        inputs = {i: parts[i] for i in st.inputs}
+        key = stage_key(name, run_dir, *(hash_files(inputs[i]) for i in st.inputs), cfg.section_hash(*st.sections),
+                        hash_files(st.config_files(cfg)), code[name])
+        stats[name] = _run_stage(stage_task, name, run_dir, key, name=name, inputs=inputs, cfg=cfg)
+        parts[name] = _parts_of(stats[name])
+        logger.info("%s: %d part(s) out", name, len(parts[name]))
 
     # 6-8. the ledger must balance before anything is published; then the report, then the manifest,
     # truly last: its presence says everything before it is on disk.
@@ -375,7 +333,7 @@ def _curate_and_train(cfg: RunConfig, config: str, overrides: list[str]) -> dict
         return result
 
     manifest_hash = hash_files([run_dir / "manifest.json"])
-    key = stage_key("train", run_dir, manifest_hash, cfg.section_hash("model", "train", "seed"), code_version("trainer.fit"))
+    key = stage_key("train", run_dir, manifest_hash, cfg.section_hash(*TRAIN.sections), code_version(*TRAIN.code))
     result["train"] = _run_stage(
         train_task, "train", run_dir, key, cfg=cfg, config_path=str(config), overrides=overrides
     )

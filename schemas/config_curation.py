@@ -7,6 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The filter names only: the registry itself (pipeline.quality.registry) imports this module.
+from pipeline.quality.names import FILTER_NAMES
+
 PiiKind = Literal["email", "phone", "credit_card", "ip", "aws_key", "private_key", "api_key"]
 PiiPolicy = Literal["redact", "drop", "keep"]
 
@@ -155,9 +158,8 @@ class QualityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(default=True, description="run the quality stage at all")
     filters: list[str] = Field(
-        default_factory=lambda: ["empty", "echo", "length", "repetition", "refusal", "language",
-                                 "contamination", "pii"],
-        description="names from pipeline.quality.stage.FILTERS to run, in this order",
+        default_factory=lambda: list(FILTER_NAMES),
+        description="names from pipeline.quality.registry.FILTERS to run, in this order",
     )
     # echo
     echo_min_chars: int = Field(
@@ -205,8 +207,7 @@ class QualityConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> QualityConfig:
-        from_registry = {"empty", "echo", "length", "repetition", "refusal", "language", "pii", "contamination"}
-        unknown = [f for f in self.filters if f not in from_registry]
+        unknown = [f for f in self.filters if f not in FILTER_NAMES]
         if unknown:
-            raise ValueError(f"quality.filters: unknown filter(s) {unknown}; known: {sorted(from_registry)}")
+            raise ValueError(f"quality.filters: unknown filter(s) {unknown}; known: {sorted(FILTER_NAMES)}")
         return self

@@ -1,4 +1,7 @@
-"""The canonical conversation every source is turned into, and its stable content hash."""
+"""The canonical conversation's rules: tiers, turn order, text normalisation and the stable content hash.
+
+The canonical form itself is the columnar schema of pipeline.ingest.canonical (CANONICAL_SCHEMA); the
+readers check every record against these rules before it gets there."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from enum import StrEnum
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant"]
 
@@ -23,44 +25,6 @@ class Tier(StrEnum):
 
 #: Lower rank wins a duplicate cluster.
 TIER_RANK: dict[str, int] = {"expert": 0, "crowdsourced": 1, "synthetic": 2}
-
-
-class Message(BaseModel):
-    """One turn. Content is stored as given except for surrounding whitespace (see `canonical_text`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    role: Role = Field(description="system, user or assistant")
-    content: str = Field(min_length=1, description="the turn's text, non-empty after stripping")
-
-    @field_validator("content")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        v = canonical_text(v)
-        if not v:
-            raise ValueError("content is empty or whitespace only")
-        return v
-
-
-class Conversation(BaseModel):
-    """A demonstration in canonical form: at most one leading system message, then user and
-    assistant alternating, ending with an assistant turn."""
-
-    model_config = ConfigDict(extra="forbid")
-    conversation_id: str = Field(default="", description="content hash of the normalised messages")
-    origin: str = Field(min_length=1, description='"<source>:<locator>", see CONTRACTS.md')
-    source: str = Field(min_length=1)
-    tier: Tier
-    messages: list[Message] = Field(min_length=2)
-    license: str | None = None
-    category: str | None = None
-    original_id: str | None = None
-
-    @model_validator(mode="after")
-    def _check_turns(self) -> Conversation:
-        check_turn_order([m.role for m in self.messages])
-        if not self.conversation_id:
-            self.conversation_id = conversation_id([(m.role, m.content) for m in self.messages])
-        return self
 
 
 class TurnOrderError(ValueError):

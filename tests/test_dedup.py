@@ -101,7 +101,7 @@ def test_near_duplicates_cluster_unrelated_kept() -> None:
         o for o in res.dropped["origin"]} | {f"u:{i}" for i in range(5)}
     assert res.dropped.height == 4 and set(res.dropped["reason"]) == {"dedup.near"}
     assert res.dropped["dup_of"].n_unique() == 1
-    assert res.stats["clusters"] == 1 and res.stats["largest_cluster"] == 5
+    assert res.stats.clusters == 1 and res.stats.largest_cluster == 5
 
 
 def test_chain_of_near_copies_is_one_cluster() -> None:
@@ -122,7 +122,7 @@ def test_verification_removes_lsh_false_positives() -> None:
     strict = DedupConfig(workers=1, lsh_weights=(0.0, 1.0), verify=True)
     assert deduplicate(df, loose).kept.height == 1
     res = deduplicate(df, strict)
-    assert res.kept.height == 2 and res.stats["lsh"]["rejected_false_positives"] == 1
+    assert res.kept.height == 2 and res.stats.lsh.rejected_false_positives == 1
 
 
 def test_first_exchange_copy_drops_the_shorter() -> None:
@@ -157,20 +157,20 @@ def test_run_dedup_outputs_and_prior_index(tmp_path: Path) -> None:
                           conv("r1:3", "synthetic", "q", b)])
     run1 = tmp_path / "run1"
     stats = run_dedup(_write(first, tmp_path / "in1.parquet"), run1, DedupConfig(workers=1))
-    assert stats["kept"] == 2 and stats["dropped"]["dedup.exact"] == 1
+    assert stats.records_out == 2 and stats.dropped["dedup.exact"] == 1
     assert (run1 / "work/dedup/clusters.parquet").is_file() and (run1 / "dedup_index/meta.json").is_file()
     ledger = read_ledger(run1)
     assert ledger.height == 1 and ledger["stage"].item() == "dedup" and ledger["dup_of"].item() is not None
-    assert sum(pl.read_parquet(p).height for p in stats["parts"]) == 2
+    assert sum(pl.read_parquet(p).height for p in stats.parts) == 2
 
     second = from_records([conv("r2:1", "expert", "q", a), conv("r2:2", "expert", "q", perturb(b, 1, 1)),
                            conv("r2:3", "expert", "q", text(52))])
     run2 = tmp_path / "run2"
     cfg = DedupConfig(workers=1, prior_indexes=[run1])
     stats2 = run_dedup(_write(second, tmp_path / "in2.parquet"), run2, cfg)
-    assert stats2["kept"] == 1 and stats2["prior_matches"] == {"exact": 1, "near": 1}
+    assert stats2.records_out == 1 and stats2.prior_matches == {"exact": 1, "near": 1}
     led2 = read_ledger(run2).sort("origin")
-    kept1 = dict(pl.concat([pl.read_parquet(p) for p in stats["parts"]]).select("origin", "conversation_id").iter_rows())
+    kept1 = dict(pl.concat([pl.read_parquet(p) for p in stats.parts]).select("origin", "conversation_id").iter_rows())
     assert led2["dup_of"].to_list() == [kept1["r1:1"], kept1["r1:3"]]
     assert all("earlier run" in d for d in led2["detail"])
 
@@ -194,7 +194,7 @@ def test_two_runs_identical(tmp_path: Path) -> None:
     outs = []
     for name in ("a", "b"):
         stats = run_dedup(src, tmp_path / name, DedupConfig(workers=1))
-        outs.append((pl.concat([pl.read_parquet(p) for p in stats["parts"]]), read_ledger(tmp_path / name),
+        outs.append((pl.concat([pl.read_parquet(p) for p in stats.parts]), read_ledger(tmp_path / name),
                      pl.read_parquet(tmp_path / name / "work/dedup/clusters.parquet")))
     for x, y in zip(outs[0], outs[1], strict=True):
         assert x.equals(y)
@@ -204,5 +204,5 @@ def test_empty_input(tmp_path: Path) -> None:
     from pipeline.ingest.canonical import empty_canonical
 
     stats = run_dedup(_write(empty_canonical(), tmp_path / "in.parquet"), tmp_path / "run", DedupConfig(workers=1))
-    assert stats["kept"] == 0 and read_ledger(tmp_path / "run").height == 0
-    assert all(pl.read_parquet(p).height == 0 for p in stats["parts"])
+    assert stats.records_out == 0 and read_ledger(tmp_path / "run").height == 0
+    assert all(pl.read_parquet(p).height == 0 for p in stats.parts)

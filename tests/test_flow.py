@@ -69,13 +69,15 @@ def assert_stages_reconcile(rd: Path, result: dict[str, Any]) -> None:
     assert sum(s["quarantined"] for s in ingest_stats) == result["counts"]["quarantined"]
     dedup_rows = _rows(sorted((rd / "work" / "dedup").glob("part-*.parquet")))
     quality_rows = _rows(sorted((rd / "work" / "quality").glob("part-*.parquet")))
+    encoded_rows = _rows(sorted((rd / "work" / "encode").glob("part-*.parquet")))
     curated_rows = _rows(sorted((rd / "curated").glob("*.parquet")))
     assert dedup_rows == _rows(ingest_parts) - stage_drops["dedup"]
     assert quality_rows == dedup_rows - stage_drops["quality"]
-    assert curated_rows == quality_rows - stage_drops["mix"]
+    assert encoded_rows == quality_rows - stage_drops["tokenize"]  # encode runs before the mix
+    assert curated_rows == encoded_rows - stage_drops["mix"]
     shard_ids = pl.concat([pl.read_parquet(p, columns=["conversation_ids"]) for p in sorted((rd / "shards").glob("*.parquet"))])
     in_shards = shard_ids["conversation_ids"].explode().n_unique()
-    assert in_shards == curated_rows - stage_drops["tokenize"] == result["counts"]["kept"]
+    assert in_shards == curated_rows == result["counts"]["kept"]  # curated/ holds exactly the kept
     report = json.loads((rd / "report" / "report.json").read_text())
     assert report["totals"]["read"] == result["records_read"] and report["totals"]["kept"] == result["counts"]["kept"]
     for row in report["funnel"]:
@@ -106,22 +108,24 @@ def test_rerun_skips_unchanged_stages_and_reruns_changed_ones(trained: tuple[Pat
     from flows.curate import curate, curate_and_train
 
     cfg, rd, first = trained
-    cached = ("ingest-expert_chat", "ingest-crowd_sharegpt", "ingest-synth_alpaca", "dedup", "quality", "mix", "tokenize")
+    cached = ("ingest-expert_chat", "ingest-crowd_sharegpt", "ingest-synth_alpaca", "dedup", "quality", "encode", "mix",
+              "pack")
     again, states = _run(curate_and_train, cfg)
     assert all(states[t] == "Cached" for t in (*cached, "train")), states
     assert again["counts"] == first["counts"]
 
-    # Deleted outputs are not trusted from the cache: tokenize runs again, upstream stays cached.
+    # Deleted outputs are not trusted from the cache: pack runs again, upstream stays cached.
     shutil.rmtree(rd / "shards")
     _, states = _run(curate, cfg)
-    assert states["tokenize"] == "Completed" and states["mix"] == "Cached" and states["dedup"] == "Cached", states
+    assert states["pack"] == "Completed" and states["mix"] == "Cached" and states["encode"] == "Cached", states
+    assert states["dedup"] == "Cached", states
     assert list((rd / "shards").glob("train-*.parquet"))
 
-    # A different template: the stages that render (mix counts tokens, tokenize) run; ingest..quality do not.
+    # A different template: encode renders again, and what reads its output; ingest..quality do not.
     _, states = _run(curate, cfg, ["template.name=llama3"])
-    assert states["mix"] == "Completed" and states["tokenize"] == "Completed", states
+    assert states["encode"] == "Completed" and states["pack"] == "Completed", states
     assert states["quality"] == "Cached" and states["ingest-expert_chat"] == "Cached", states
-    stats = json.loads((rd / "work" / "tokenize" / "stats.json").read_text())
+    stats = json.loads((rd / "work" / "encode" / "stats.json").read_text())
     assert stats["template"] == "llama3"
 
 

@@ -73,7 +73,13 @@ def mix(
     src = tmp_path / "in" / "part-00000.parquet"
     src.parent.mkdir(parents=True, exist_ok=True)
     df.write_parquet(src)
-    stats = run_mix([src], run_dir, make_cfg(run_dir, **sections), count_tokens=counter)
+    cfg = make_cfg(run_dir, **sections)
+    encoded = None
+    if counter is not None:  # the encode stage's exact counts, as its parts carry them
+        encoded = [tmp_path / "enc" / "part-00000.parquet"]
+        encoded[0].parent.mkdir(parents=True, exist_ok=True)
+        df.select("origin").with_columns(counter(df, run_dir, cfg).cast(pl.Int64).alias("tokens")).write_parquet(encoded[0])
+    stats = run_mix([src], run_dir, cfg, encoded=encoded)
     curated = pl.concat([pl.read_parquet(p) for p in sorted((run_dir / "curated").glob("part-*.parquet"))])
     return stats, curated, read_ledger(run_dir)
 
@@ -92,8 +98,8 @@ def test_passthrough_keeps_everything_once_with_score_and_extra_columns(tmp_path
     assert curated["lang"].to_list() == ["en"] * 21
     assert curated["score"].is_between(0, 1).all()
     assert {"signal_length", "signal_tier", "signal_repetition"} <= set(curated.columns)
-    assert stats["before"]["total"] == stats["after"]["total"]
-    assert stats["token_counter"].startswith("estimate")
+    assert stats.before["total"] == stats.after["total"]
+    assert stats.token_counter.startswith("estimate")
 
 
 def test_weight_three_repeats_every_conversation(tmp_path):
@@ -101,8 +107,8 @@ def test_weight_three_repeats_every_conversation(tmp_path):
     stats, curated, _ = mix(tmp_path, df, flat_counter(), mix={"tiers": {"expert": {"weight": 3}}})
     reps = dict(curated.group_by("source").agg(pl.col("repeat").unique()).iter_rows())
     assert reps == {"exp": [3], "syn": [1]}
-    assert stats["after"]["sources"]["exp"]["tokens"] == 3000
-    assert stats["after"]["sources"]["exp"]["share"] == pytest.approx(0.75)
+    assert stats.after["sources"]["exp"]["tokens"] == 3000
+    assert stats.after["sources"]["exp"]["share"] == pytest.approx(0.75)
 
 
 def test_fractional_weights_sample_by_hash_and_ledger_the_rest(tmp_path):
@@ -143,7 +149,7 @@ def test_cap_counts_repeats_and_tokens(tmp_path):
     stats, curated, _ = mix(tmp_path, df, flat_counter(), **cfg)
     # 2 copies × 100 tokens each: 10 conversations fit 2,150 tokens.
     assert (curated["source"] == "exp").sum() == 10
-    assert stats["after"]["sources"]["exp"]["tokens"] == 2000
+    assert stats.after["sources"]["exp"]["tokens"] == 2000
 
 
 def test_cap_by_score_keeps_the_best(tmp_path):
@@ -166,8 +172,8 @@ def test_max_share_hits_exactly_with_upsampled_expert(tmp_path):
     stats, curated, ledger = mix(tmp_path, df, flat_counter(), **cfg)
     # Others: 200 expert examples + 100 crowd = 30,000 tokens = 80% → synthetic 7,500 = 75 conversations.
     assert (curated["source"] == "syn").sum() == 75
-    assert stats["after"]["tiers"]["synthetic"]["share"] == pytest.approx(0.2)
-    assert stats["share_targets"] == [
+    assert stats.after["tiers"]["synthetic"]["share"] == pytest.approx(0.2)
+    assert stats.share_targets == [
         {"rule": "mix.tiers.synthetic", "share": None, "max_share": 0.2, "result": pytest.approx(0.2)}
     ]
     assert ledger.height == 425 and ledger["detail"].str.contains("at most 20.0%").all()
@@ -188,14 +194,14 @@ def test_exact_share_upsamples_a_short_source(tmp_path):
     stats, curated, _ = mix(tmp_path, df, flat_counter(), **cfg)
     # 20,000 other tokens → expert needs 20,000 = its 1,000 tokens ten times.
     assert curated.filter(pl.col("source") == "exp")["repeat"].to_list() == [20] * 10
-    assert stats["after"]["sources"]["exp"]["share"] == pytest.approx(0.5)
+    assert stats.after["sources"]["exp"]["share"] == pytest.approx(0.5)
 
 
 def test_exact_share_partial_round_and_variable_lengths(tmp_path):
     df = make_frame({"exp": 37, "crowd": 200, "syn": 300})
     cfg = {"mix": {"sources": {"exp": {"share": 0.3}}, "tiers": {"synthetic": {"max_share": 0.1}}}}
     stats, curated, ledger = mix(tmp_path, df, None, **cfg)
-    after = stats["after"]["sources"]
+    after = stats.after["sources"]
     assert abs(after["exp"]["share"] - 0.3) < 0.01
     assert after["syn"]["share"] <= 0.1 + 0.01 and after["syn"]["share"] > 0.09
     # Whole rounds for every conversation, one extra copy for some: copies differ by at most one.
@@ -258,8 +264,8 @@ def test_over_long_conversations_count_as_tokenize_will_treat_them(tmp_path):
     df = make_frame({"exp": 80, "syn": 100})
     cfg = {"pack": {"max_seq_len": 128}, "mix": {"tiers": {"synthetic": {"max_share": 0.2}}}}
     stats, curated, _ = mix(tmp_path, df, counter, **cfg)
-    assert stats["over_max_seq_len"] == 50
-    assert stats["after"]["tiers"]["synthetic"]["share"] == pytest.approx(0.2)
+    assert stats.over_max_seq_len == 50
+    assert stats.after["tiers"]["synthetic"]["share"] == pytest.approx(0.2)
     # 8,000 expert tokens = 80% → 2,000 synthetic tokens = 20 short ones, plus the long ones tokenize drops.
     syn = curated.filter(pl.col("source") == "syn")
     assert syn.height == 70
@@ -335,3 +341,24 @@ def test_plan_invariants(counts, syn_weight, exp_weight, cap, max_share, seed):
         tokens = kept.select(pl.col("repeat") * pl.col("_tokens")).to_series()
         crowd = tokens.filter(kept["source"] == "crowd").sum()
         assert crowd <= max_share * tokens.sum() + 1e-6
+
+
+def test_conversations_the_encode_stage_dropped_take_no_part(tmp_path):
+    """Only encoded conversations are mixed: one dropped at encode (its ledger row is the encode
+    stage's) is neither curated nor given a mix row."""
+    df = make_frame({"exp": 6, "syn": 6})
+    dropped = set(df["origin"].to_list()[::3])
+
+    def counter(frame, run_dir, cfg):
+        return pl.Series([100] * frame.height)
+
+    run_dir = tmp_path / "run"
+    src = tmp_path / "in" / "part-00000.parquet"
+    src.parent.mkdir(parents=True)
+    df.write_parquet(src)
+    enc = tmp_path / "enc.parquet"
+    df.filter(~pl.col("origin").is_in(list(dropped))).select("origin", pl.lit(100, dtype=pl.Int64).alias("tokens")).write_parquet(enc)
+    stats = run_mix([src], run_dir, make_cfg(run_dir), encoded=[enc])
+    curated = pl.read_parquet(run_dir / "curated" / "part-00000.parquet")
+    assert set(curated["origin"]) == set(df["origin"]) - dropped and stats.records_in == df.height - len(dropped)
+    assert read_ledger(run_dir).height == 0 and stats.token_counter.startswith("encoded tokens")

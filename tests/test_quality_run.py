@@ -41,17 +41,17 @@ def _parts(tmp_path: Path) -> list[Path]:
 def test_run_quality_outputs(tmp_path: Path) -> None:
     paths = _parts(tmp_path)
     stats = run_quality(paths, tmp_path / "run", QualityConfig(workers=2), rows_per_task=6)
-    out = pl.concat([pl.read_parquet(p) for p in stats["parts"]])
+    out = pl.concat([pl.read_parquet(p) for p in stats.parts])
     ledger = read_ledger(tmp_path / "run")
     assert out.height + ledger.height == len(PAIRS) * 3
-    assert stats["dropped"] == {"quality.empty": 3, "quality.language": 3, "quality.refusal": 3,
+    assert stats.dropped == {"quality.empty": 3, "quality.language": 3, "quality.refusal": 3,
                                 "quality.repetition": 3}
     assert set(ledger["stage"]) == {"quality"} and ledger["detail"].null_count() == 0
-    assert stats["redactions"]["email"] == 3 and out["pii_redactions"].sum() == 3
+    assert stats.redactions["email"] == 3 and out["pii_redactions"].sum() == 3
     assert all("[EMAIL]" in m[1]["content"] for m in out.filter(pl.col("pii_redactions") > 0)["messages"])
-    assert set(out["lang"]) == {"en"} and stats["lang"] == {"en": out.height}
+    assert set(out["lang"]) == {"en"} and stats.lang == {"en": out.height}
     saved = json.loads((tmp_path / "run/work/quality/stats.json").read_text())
-    assert saved["dropped"] == stats["dropped"] and saved["examples"]["quality.refusal"]
+    assert saved["dropped"] == stats.dropped and saved["examples"]["quality.refusal"]
 
 
 def test_two_runs_identical_whatever_the_workers(tmp_path: Path) -> None:
@@ -59,14 +59,14 @@ def test_two_runs_identical_whatever_the_workers(tmp_path: Path) -> None:
     results = []
     for name, workers in (("a", 1), ("b", 2)):
         stats = run_quality(paths, tmp_path / name, QualityConfig(workers=workers), rows_per_task=7)
-        results.append((pl.concat([pl.read_parquet(p) for p in stats["parts"]]), read_ledger(tmp_path / name)))
+        results.append((pl.concat([pl.read_parquet(p) for p in stats.parts]), read_ledger(tmp_path / name)))
     assert results[0][0].equals(results[1][0]) and results[0][1].equals(results[1][1])
 
 
 def test_disabled_passes_everything_through(tmp_path: Path) -> None:
     paths = _parts(tmp_path)
     stats = run_quality(paths, tmp_path / "run", QualityConfig(enabled=False, workers=1))
-    assert stats["kept"] == len(PAIRS) * 3 and read_ledger(tmp_path / "run").height == 0
+    assert stats.records_out == len(PAIRS) * 3 and read_ledger(tmp_path / "run").height == 0
 
 
 def test_empty_input(tmp_path: Path) -> None:
@@ -75,4 +75,4 @@ def test_empty_input(tmp_path: Path) -> None:
     p = tmp_path / "in.parquet"
     empty_canonical().write_parquet(p)
     stats = run_quality([p], tmp_path / "run", QualityConfig(workers=2))
-    assert stats["kept"] == 0 and stats["dropped"] == {} and read_ledger(tmp_path / "run").height == 0
+    assert stats.records_out == 0 and stats.dropped == {} and read_ledger(tmp_path / "run").height == 0

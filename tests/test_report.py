@@ -75,12 +75,14 @@ def run_dir(tmp_path: Path) -> Path:
     kept.write_parquet(rd / "curated" / "part-00000.parquet")
     final = kept.filter(pl.col("origin") != "b:3")
     write_ledger_part(rd, "kept", ledger_rows(final, stage="tokenize", outcome="kept", reason=None))
-    atomic_write_json(rd / "work" / "quality" / "stats.json", {
-        "dropped": {"quality.refusal": 1},
-        "contamination_hits": {"gsm8k": 2, "mmlu": 0},
-        "pii_redactions": {"email": 3, "phone": {"count": 1}},
-    })
-    atomic_write_json(rd / "work" / "tokenize" / "stats.json", {"truncation": {"conversations": 0, "tokens_lost": 0}})
+    from pipeline.quality.stage import QualityResult
+    from pipeline.render.encode import EncodeResult
+
+    QualityResult(stage="quality", records_in=7, records_out=6, dropped={"quality.refusal": 1}, seconds=2.0,
+                  contamination_hits={"gsm8k": 0, "mmlu": 0}, redactions={"email": 3, "phone": 1},
+                  ).write(rd / "work" / "quality" / "stats.json")
+    EncodeResult(stage="encode", records_in=6, records_out=5, truncation={"conversations": 0, "tokens_lost": 0},
+                 ).write(rd / "work" / "encode" / "stats.json")
     (rd / "shards").mkdir()
     pl.DataFrame({
         "input_ids": [[1] * 40, [2] * 30], "loss_mask": [[0] * 20 + [1] * 20, [0] * 10 + [1] * 20],
@@ -130,8 +132,10 @@ def test_duplicate_clusters_group_by_the_kept_conversation(run_dir: Path) -> Non
 
 def test_stage_stats_sections_shards_and_training(run_dir: Path) -> None:
     s = summarize(run_dir, _cfg(run_dir))
-    assert s["contamination"] == {"gsm8k": 2, "mmlu": 0}
+    assert s["contamination"] == {"gsm8k": 0, "mmlu": 0}  # typed, from the quality stage's result
     assert s["pii_redactions"] == {"email": 3, "phone": 1}
+    assert [t["stage"] for t in s["stage_times"]] == ["quality", "encode"]
+    assert s["stage_times"][0]["records_per_s"] == 3.5
     assert s["truncation"] == {"conversations": 0, "tokens_lost": 0}
     tr = s["shards"]["train"]
     assert tr["rows"] == 2 and tr["tokens"] == 70 and tr["supervised_tokens"] == 40 and tr["segments"] == 3

@@ -1,5 +1,5 @@
-"""The tokenize stage end to end: shard columns, segments, repeat, split, drops in the ledger, stats,
-byte-identical re-runs, the tokenizer cache, count_tokens, and the manifest."""
+"""The render stages end to end (encode, then pack): shard columns, segments, repeat, split, drops in
+the ledger, typed results, byte-identical re-runs, the tokenizer cache, exact counts, the manifest."""
 
 from __future__ import annotations
 
@@ -13,9 +13,15 @@ import pytest
 from tokenize_fixtures import make_run, record, sample_conversations
 
 from pipeline.core.ledger import read_ledger
-from pipeline.core.manifest import SCHEMA_VERSION, ManifestError, build_manifest, read_manifest, write_manifest
+from pipeline.core.manifest import (
+    SCHEMA_VERSION,
+    ManifestError,
+    build_manifest,
+    read_manifest,
+    write_manifest,
+)
 from pipeline.render.masks import MaskOptions, encode_conversations
-from pipeline.render.stage import SHARD_SCHEMA, count_tokens, run_tokenize
+from pipeline.render.pack import SHARD_SCHEMA, run_tokenize
 from pipeline.render.templates import BUILTIN_TEMPLATES
 from pipeline.render.tokenizer import load_tokenizer
 
@@ -39,7 +45,7 @@ def test_shards_hold_every_conversation_with_its_own_ids_and_mask(tmp_path) -> N
     repeat = [1 + (i % 3 == 0) * 2 for i in range(len(recs))]  # every third conversation 3 times
     run_dir, cfg = make_run(tmp_path, recs, repeat=repeat, tokenizer={"vocab_size": 500},
                             pack={"max_seq_len": 256, "val_fraction": 0.2, "rows_per_shard": 7, "self_check_all": True})
-    stats = run_tokenize(run_dir, cfg)
+    enc_result, stats = run_tokenize(run_dir, cfg)
     for p in (run_dir / "shards").glob("*.parquet"):
         assert pq.read_schema(p).remove_metadata() == SHARD_SCHEMA
     assert not list((run_dir / "shards").glob(".*"))  # no temporary file left behind
@@ -68,13 +74,14 @@ def test_shards_hold_every_conversation_with_its_own_ids_and_mask(tmp_path) -> N
     want = {r["conversation_id"]: (1 if r["conversation_id"] in val_ids else rep) for r, rep in zip(recs, repeat, strict=True)}
     assert dict(seen) == want  # each once, train copies = repeat, validation never repeated
     assert 0 < len(val_ids) < len(recs)
-    assert stats["conversations"]["train_segments"] == sum(want.values()) - len(val_ids)
-    assert stats["packing"]["train"]["real_tokens"] == sum(len(x) for x in train["input_ids"])
-    assert stats["self_check"]["checked"] == len(recs)
-    by_source = stats["train_by_source"]
-    assert sum(v["segments"] for v in by_source.values()) == stats["conversations"]["train_segments"]
-    assert sum(v["supervised"] for v in stats["train_by_tier"].values()) == stats["tokens"]["train_supervised"]
-    assert (run_dir / "work" / "tokenize" / "stats.json").exists()
+    assert stats.conversations["train_segments"] == sum(want.values()) - len(val_ids)
+    assert stats.packing["train"]["real_tokens"] == sum(len(x) for x in train["input_ids"])
+    assert enc_result.self_check["checked"] == len(recs)
+    by_source = stats.train_by_source
+    assert sum(v["segments"] for v in by_source.values()) == stats.conversations["train_segments"]
+    assert sum(v["supervised"] for v in stats.train_by_tier.values()) == stats.tokens["train_supervised"]
+    assert (run_dir / "work" / "encode" / "stats.json").exists() and (run_dir / "work" / "pack" / "stats.json").exists()
+    assert stats.seconds > 0 and enc_result.records_in == len(recs) == enc_result.records_out
 
 
 def test_same_input_and_config_give_byte_identical_shards(tmp_path) -> None:
@@ -82,22 +89,22 @@ def test_same_input_and_config_give_byte_identical_shards(tmp_path) -> None:
     sections = {"tokenizer": {"vocab_size": 400}, "pack": {"max_seq_len": 200, "rows_per_shard": 5}}
     a, cfg_a = make_run(tmp_path / "a", recs, **sections)
     b, cfg_b = make_run(tmp_path / "b", list(reversed(recs)), **sections)  # part order must not matter
-    sa = run_tokenize(a, cfg_a)
+    sa, _ = run_tokenize(a, cfg_a)
     run_tokenize(b, cfg_b)
     assert _digests(a) == _digests(b) and len(_digests(a)) > 2
     assert (a / "tokenizer" / "tokenizer.json").read_bytes() == (b / "tokenizer" / "tokenizer.json").read_bytes()
-    assert sa["tokenizer"]["cache_hit"] is False
-    again = run_tokenize(a, cfg_a)  # re-run: the tokenizer comes from the cache, shards are the same
-    assert again["tokenizer"]["cache_hit"] is True and _digests(a) == _digests(b)
+    assert sa.tokenizer["cache_hit"] is False
+    again, _ = run_tokenize(a, cfg_a)  # re-run: the tokenizer comes from the cache, shards are the same
+    assert again.tokenizer["cache_hit"] is True and _digests(a) == _digests(b)
 
 
 def test_unpacked_mode_writes_one_conversation_per_row(tmp_path) -> None:
     run_dir, cfg = make_run(tmp_path, _records(30), tokenizer={"vocab_size": 300},
                             pack={"packing": False, "val_fraction": 0.0, "max_seq_len": 1024})
-    stats = run_tokenize(run_dir, cfg)
+    _, stats = run_tokenize(run_dir, cfg)
     train = _rows(run_dir, "train")
     assert train.height == 30 and train["seq_lens"].list.len().to_list() == [1] * 30
-    assert stats["conversations"]["val"] == 0 and not list((run_dir / "shards").glob("val-*"))
+    assert stats.conversations["val"] == 0 and not list((run_dir / "shards").glob("val-*"))
 
 
 def test_drops_go_to_the_ledger_with_reason_and_sentence(tmp_path) -> None:
@@ -107,14 +114,14 @@ def test_drops_go_to_the_ledger_with_reason_and_sentence(tmp_path) -> None:
     recs = [*_records(20), record(100, long_conv), record(101, two)]
     run_dir, cfg = make_run(tmp_path, recs, tokenizer={"vocab_size": 300}, template={"train_on": "last_assistant"},
                             pack={"max_seq_len": 1024, "overflow": "truncate", "self_check_all": True})
-    stats = run_tokenize(run_dir, cfg)
+    stats, _ = run_tokenize(run_dir, cfg)
     ledger = read_ledger(run_dir).sort("origin")
     assert ledger["origin"].to_list() == ["src:100", "src:101"]
     assert ledger["reason"].to_list() == ["tokenize.too_long", "tokenize.no_supervised_tokens"]
     assert set(ledger["stage"]) == {"tokenize"} and set(ledger["outcome"]) == {"dropped"}
     assert "not even its first assistant turn fits" in ledger["detail"][0]
-    assert stats["conversations"]["dropped"] == {"tokenize.no_supervised_tokens": 1, "tokenize.too_long": 1}
-    assert stats["dropped_tokens"]["supervised_tokens"] > 0
+    assert stats.dropped == {"tokenize.no_supervised_tokens": 1, "tokenize.too_long": 1}
+    assert stats.dropped_tokens["supervised_tokens"] > 0 and stats.records_out == 20
     written = {c for ids in _rows(run_dir, "train")["conversation_ids"] for c in ids}
     written |= {c for ids in _rows(run_dir, "val")["conversation_ids"] for c in ids}
     assert recs[-1]["conversation_id"] not in written and recs[-2]["conversation_id"] not in written
@@ -126,25 +133,36 @@ def test_truncation_losses_are_counted(tmp_path) -> None:
            {"role": "user", "content": "c " * 1500}, {"role": "assistant", "content": "d"}]
     run_dir, cfg = make_run(tmp_path, [record(0, two), *_records(5)], tokenizer={"vocab_size": 300},
                             pack={"max_seq_len": 1024, "overflow": "truncate", "self_check_all": True})
-    stats = run_tokenize(run_dir, cfg)
-    assert stats["truncation"]["conversations"] == 1
-    assert stats["truncation"]["supervised_tokens_lost"] >= 2  # "d" and its end-of-turn token
-    assert stats["truncation"]["tokens_lost"] > 200
+    stats, _ = run_tokenize(run_dir, cfg)
+    assert stats.truncation["conversations"] == 1
+    assert stats.truncation["supervised_tokens_lost"] >= 2  # "d" and its end-of-turn token
+    assert stats.truncation["tokens_lost"] > 200
 
 
-def test_count_tokens_matches_the_shards_and_pins_the_tokenizer(tmp_path) -> None:
-    recs = _records(60, seed=7)
-    run_dir, cfg = make_run(tmp_path, recs[:40], tokenizer={"vocab_size": 400},
-                            pack={"packing": False, "val_fraction": 0.0, "max_seq_len": 4096})
-    from pipeline.ingest.canonical import from_records
+def test_encoded_counts_are_the_written_tokens_and_pack_renders_nothing(tmp_path, monkeypatch) -> None:
+    """Encode once: the counts the mix selects on are the shards' segment lengths, truncation
+    included, and the pack stage writes the stored encodings without rendering or tokenizing."""
+    two = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b " * 20},
+           {"role": "user", "content": "c " * 1500}, {"role": "assistant", "content": "d"}]
+    recs = [record(0, two), *_records(40, seed=7)]
+    run_dir, cfg = make_run(tmp_path, recs, tokenizer={"vocab_size": 400},
+                            pack={"packing": False, "val_fraction": 0.0, "max_seq_len": 1024, "overflow": "truncate"})
+    from pipeline.render import masks, templates
+    from pipeline.render.encode import read_encoded, run_encode
+    from pipeline.render.pack import run_pack
 
-    counts = count_tokens(from_records(recs), run_dir, cfg)  # the mix stage's candidates: a superset
-    assert counts.dtype == pl.Int64 and len(counts) == 60
-    stats = run_tokenize(run_dir, cfg)
-    assert stats["tokenizer"]["trained_on"] == "mix candidates"
-    lengths = {r["conversation_id"]: n for r, n in zip(recs, counts.to_list(), strict=True)}
+    run_encode(sorted((run_dir / "curated").glob("*.parquet")), run_dir, cfg)
+    counts = dict(read_encoded(run_dir, ["conversation_id", "tokens"]).iter_rows())
+    assert counts[recs[0]["conversation_id"]] <= 1024  # truncated: counted as written
+
+    def no(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("the pack stage rendered or tokenized again")
+
+    monkeypatch.setattr(masks, "encode_conversations", no)
+    monkeypatch.setattr(templates.ChatTemplate, "render", no)
+    run_pack(run_dir, cfg)
     for row in _rows(run_dir, "train").iter_rows(named=True):
-        assert row["seq_lens"][0] == lengths[row["conversation_ids"][0]]
+        assert row["seq_lens"][0] == counts[row["conversation_ids"][0]]
 
 
 def test_manifest_lists_every_shard_and_is_required(tmp_path) -> None:
@@ -166,7 +184,7 @@ def test_manifest_lists_every_shard_and_is_required(tmp_path) -> None:
 
 
 def test_no_curated_data_is_a_clear_error(tmp_path) -> None:
-    from pipeline.render.stage import NoCuratedData
+    from pipeline.render.pack import NoCuratedData
 
     _, cfg = make_run(tmp_path, _records(2))
     with pytest.raises(NoCuratedData, match="no curated"):
@@ -174,7 +192,7 @@ def test_no_curated_data_is_a_clear_error(tmp_path) -> None:
 
 
 def test_val_split_is_stable_and_near_the_fraction() -> None:
-    from pipeline.render.stage import val_mask
+    from pipeline.render.pack import val_mask
 
     ids = [f"{i:032x}" for i in range(20_000)]
     v = val_mask(ids, 0.05, seed=0)

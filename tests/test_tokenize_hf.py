@@ -11,7 +11,7 @@ import pytest
 from tokenize_fixtures import bpe, make_run, record, sample_conversations
 
 from pipeline.render.masks import MaskOptions, encode_conversations
-from pipeline.render.stage import run_tokenize
+from pipeline.render.pack import run_tokenize
 from pipeline.render.templates import BUILTIN_TEMPLATES, load_template
 
 transformers = pytest.importorskip("transformers")
@@ -50,9 +50,9 @@ def test_given_hf_tokenizer_dir_and_its_chat_template(tmp_path) -> None:
         template={"name": str(hf_dir)}, tokenizer={"path": str(hf_dir)},
         pack={"max_seq_len": 512, "self_check_all": True, "packing": False, "val_fraction": 0.0},
     )
-    stats = run_tokenize(run_dir, cfg)
-    assert stats["tokenizer"]["kind"] == "given" and stats["tokenizer"]["added_special_tokens"] == []
-    assert stats["self_check"]["checked"] == 40
+    enc, _ = run_tokenize(run_dir, cfg)
+    assert enc.tokenizer["kind"] == "given" and enc.tokenizer["added_special_tokens"] == []
+    assert enc.self_check["checked"] == 40
     rows = pl.read_parquet(run_dir / "shards" / "train-00000.parquet")
     by_id = {r["conversation_ids"][0]: r for r in rows.iter_rows(named=True)}
     for c in convs:

@@ -1,7 +1,7 @@
 """Tiny run directories for the trainer tests: a BPE tokenizer trained in the test, ChatML-rendered
 conversations packed into shards with the CONTRACTS.md columns, a manifest and curated metadata.
 
-Deliberately independent of the shards stage (pipeline.render.stage), so the trainer is tested against
+Deliberately independent of the shards stage (pipeline.render.pack), so the trainer is tested against
 the contract, not against one implementation of it.
 """
 

@@ -36,12 +36,8 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     shards = manifest.get("shards")
-    if isinstance(shards, dict):
-        if all(isinstance(v, list) for v in shards.values()):  # {"train": [...], "val": [...]}
-            return [dict(e, split=e.get("split", k)) for k, v in shards.items() for e in v]
-        return [dict(v, path=v.get("path", k)) for k, v in shards.items()]
-    if isinstance(shards, list):
-        return [dict(e) if isinstance(e, dict) else {"path": e} for e in shards]
+    if isinstance(shards, list) and all(isinstance(e, dict) and "path" in e for e in shards):
+        return [dict(e) for e in shards]
     raise RunDirError("manifest.json has no 'shards' list; rebuild the run directory with `sftforge curate`")
 
 

@@ -2,10 +2,11 @@
 hash function, seed, `num_perm` and scheme.
 
 datasketch hashes each shingle and applies `num_perm` permutations one document at a time. Here a
-whole batch is done at once: word n-grams of all documents come out of polars as one flat column,
-each distinct one is hashed (the only per-shingle Python call left: one C call), and then, per permutation, `a*h+b` runs over every shingle of the batch
-and `np.minimum.reduceat` takes the minimum per document. The permutation parameters are taken from
-datasketch itself, so seeds mean the same thing.
+whole batch is done at once: the shingle hashes of all documents come as one flat column (the
+default `word_xxh32` folds per-word hashes without building shingle strings; the other hashes are
+called once per distinct shingle), and then, per permutation, `a*h+b` runs over every shingle of the
+batch and `np.minimum.reduceat` takes the minimum per document. The permutation parameters are taken
+from datasketch itself, so seeds mean the same thing.
 
 Schemes (datasketch 2.x names):
 - affine32 (datasketch's default): h' = fmix32(h); a*h' + b mod 2^32.

@@ -15,7 +15,7 @@ Order of decisions (each conversation's fate is decided once, by the first step 
 
 A budget is filled first-fit in priority order: whole conversations (with their copies) are taken
 while they fit, so a group lands within one conversation's tokens of its budget. Tokens come from
-the injected counter (pipeline.render.stage.count_tokens: rendered tokens) or, without one, from
+the encode stage (pipeline.render.encode: exact written tokens) or, without it, from
 estimate_tokens (about 4 characters per token plus 4 template tokens per message); a conversation
 longer than pack.max_seq_len counts as the tokenize stage will treat it (training_tokens).
 """
@@ -23,8 +23,8 @@ longer than pack.max_seq_len counts as the tokenize stage will treat it (trainin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,13 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.core.parts import read_parts
 from pipeline.core.rundir import (
-    atomic_write_json,
     atomic_write_parquet,
     claim_run_dir,
     remove_outputs,
 )
+from pipeline.core.stage import StageResult
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
 from pipeline.mix.select import SIGNAL_COLUMNS, priority_order, sample_keys, score_frame, select
 from schemas.config import ConfigError, RunConfig
@@ -46,9 +47,6 @@ from schemas.config_mix import MixConfig, MixRule
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 PART_ROWS = 50_000
-
-TokenCounter = Callable[[pl.DataFrame, Path, RunConfig], pl.Series]
-
 
 def estimate_tokens(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     """(tokens, supervised tokens) per conversation, estimated without a tokenizer: ceil(chars / 4)
@@ -336,7 +334,22 @@ def _group_stats(frame: pl.DataFrame, by: str, copies: str) -> dict[str, dict[st
     }
 
 
-def mix_stats(planned: pl.DataFrame, cfg: RunConfig, counter: str) -> dict[str, Any]:
+@dataclass
+class MixResult(StageResult):
+    """What the mix stage did: the mixture before and after (per source and tier), the share rules
+    and how close they came, what was left out per reason and source."""
+
+    token_counter: str = ""
+    tokens_note: str = ""
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    share_targets: list[dict[str, Any]] = field(default_factory=list)
+    dropped_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    over_max_seq_len: int = 0
+
+
+def mix_stats(planned: pl.DataFrame, cfg: RunConfig, counter: str) -> MixResult:
     """Before/after view: conversations, examples (copies), tokens, supervised tokens, token share,
     per source and per tier; plus the drops per reason and each share rule's target vs result."""
     before = planned.with_columns(pl.lit(1, dtype=pl.Int32).alias("_one"))
@@ -372,53 +385,52 @@ def mix_stats(planned: pl.DataFrame, cfg: RunConfig, counter: str) -> dict[str, 
     drops: dict[str, dict[str, int]] = {}
     for r, s, k in dropped.sort("_reason", "source").iter_rows():
         drops.setdefault(r, {})[s] = int(k)
-    return {
-        "token_counter": counter,
-        "tokens_note": "training tokens: copies counted; a conversation over pack.max_seq_len counts as the "
-        "tokenize stage treats it (0 when dropped, max_seq_len when truncated); supervised_tokens is "
-        "an estimate (the assistant turns' share of each conversation's characters)",
-        "before": view(before, "_one"),
-        "after": after_view,
-        "share_targets": targets,
-        "dropped": drops,
-        "settings": {
+    return MixResult(
+        stage="mix",
+        token_counter=counter,
+        tokens_note="training tokens: copies counted; with encoded tokens, exactly what the shards hold "
+        "(truncation included); estimated tokens over pack.max_seq_len count 0 when dropped, max_seq_len "
+        "when truncated; supervised_tokens is an estimate (the assistant turns' share of each "
+        "conversation's characters)",
+        before=view(before, "_one"),
+        after=after_view,
+        share_targets=targets,
+        dropped={r: sum(v.values()) for r, v in drops.items()},
+        dropped_by_source=drops,
+        settings={
             "mix": cfg.mix.model_dump(mode="json"),
             "select": cfg.select.model_dump(mode="json"),
             "seed": cfg.seed,
         },
-    }
-
-
-def read_parts(in_paths: list[Path]) -> pl.DataFrame:
-    """Concatenate canonical parts (extra columns such as lang are kept)."""
-    frames = [pl.read_parquet(p) for p in in_paths]
-    frames = [f for f in frames if f.height or f.width]
-    if not frames:
-        return pl.DataFrame(schema=CANONICAL_SCHEMA)
-    return pl.concat(frames, how="diagonal_relaxed")
+    )
 
 
 def run_mix(
-    in_paths: list[Path], run_dir: Path, cfg: RunConfig, count_tokens: TokenCounter | None = None
-) -> dict[str, Any]:
+    in_paths: list[Path], run_dir: Path, cfg: RunConfig, encoded: list[Path] | None = None
+) -> MixResult:
     """Score, select and mix the quality-filtered conversations; write `curated/part-*.parquet`
     (input columns + score + signal_* + repeat), `ledger/mix.parquet` and `work/mix/stats.json`.
 
-    `count_tokens(df, run_dir, cfg) -> pl.Series` (pipeline.render.stage.count_tokens) gives the rendered
-    tokens per conversation; without it they are estimated (estimate_tokens)."""
+    `encoded`: the encode stage's parts (pipeline.render.encode): each conversation's exact written
+    tokens, truncation included; a conversation absent from them was dropped there (its ledger row
+    says why) and takes no part in the mix. Without them tokens are estimated (estimate_tokens)."""
+    t0 = time.perf_counter()
     _validate_names(cfg)
     rd = claim_run_dir(run_dir)
     df = read_parts([Path(p) for p in in_paths])
     source_tiers = {s.name: str(s.tier) for s in cfg.sources}
-    df = score_frame(df, cfg.select)
-    if count_tokens is not None and df.height:
-        tokens = count_tokens(df, Path(run_dir), cfg)
-        counter = "count_tokens (rendered tokens)"
+    if encoded is not None:
+        counts = read_parts([Path(p) for p in encoded]).select("origin", "tokens") if encoded else None
+        if counts is None or not counts.height:
+            counts = pl.DataFrame(schema={"origin": pl.String, "tokens": pl.Int64})
+        df = df.join(counts, on="origin", how="inner", maintain_order="left")
+        tokens = df.get_column("tokens")
+        df = df.drop("tokens")
+        counter = "encoded tokens (exact, after truncation)"
     else:
         tokens = estimate_tokens(df)[0]
         counter = f"estimate: ceil(chars / {CHARS_PER_TOKEN}) + {TOKENS_PER_MESSAGE} per message"
-    if len(tokens) != df.height:
-        raise ValueError(f"count_tokens returned {len(tokens)} counts for {df.height} conversations")
+    df = score_frame(df, cfg.select)
     df = df.with_columns(
         training_tokens(pl.Series(tokens).cast(pl.Int64), cfg.pack.max_seq_len, cfg.pack.overflow).alias(
             "_tokens"
@@ -451,19 +463,20 @@ def run_mix(
         atomic_write_parquet(kept.slice(i, PART_ROWS), rd.curated / f"part-{i // PART_ROWS:05d}.parquet")
         for i in range(0, max(kept.height, 1), PART_ROWS)
     ]
-    stats = mix_stats(planned, cfg, counter)
-    stats["parts"] = [str(p) for p in parts]
-    stats["over_max_seq_len"] = over_long
-    stats["read"] = df.height
-    stats["kept"] = kept.height
-    atomic_write_json(rd.stage_dir("mix") / "stats.json", stats)
-    return stats
+    result = mix_stats(planned, cfg, counter)
+    result.parts = [str(p) for p in parts]
+    result.over_max_seq_len = over_long
+    result.records_in = df.height
+    result.records_out = kept.height
+    result.seconds = round(time.perf_counter() - t0, 3)
+    result.write(rd.stage_dir("mix") / "stats.json")
+    return result
 
 
-def shares_within(stats: dict[str, Any], points: float = 1.0) -> bool:
+def shares_within(stats: MixResult, points: float = 1.0) -> bool:
     """True when every share rule's result is within `points` percentage points of its target
     (exact share) or at most the bound plus `points` (max_share)."""
-    for t in stats["share_targets"]:
+    for t in stats.share_targets:
         got = t["result"] * 100
         if t["share"] is not None and not math.isclose(got, t["share"] * 100, abs_tol=points):
             return False

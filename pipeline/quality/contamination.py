@@ -1,10 +1,11 @@
 """Benchmark contamination: word n-gram overlap (default 13 words, as in GPT-3's and Llama's
 decontamination) between a conversation's user turns and the questions of configured benchmarks.
 
-Both sides are normalised (pipeline.core.textnorm.normalize_texts) and cut into word n-grams hashed to
-64 bits (textnorm.fold_word_ngrams, with polars' fast hash: the index is built in the process that
-uses it, so the values need not be stable across processes or versions); a conversation is contaminated when one of its n-gram hashes is one of
-a benchmark's. Questions shorter than n words (but at least `min_words`) are matched whole.
+Both sides are normalised (pipeline.core.textnorm.normalize_texts) and cut into word n-grams hashed
+to 64 bits (textnorm.fold_word_ngrams, with polars' fast hash: the index is built in the process that
+uses it, so the values need not be stable across processes or versions); a conversation is
+contaminated when one of its n-gram hashes is one of a benchmark's. Questions shorter than n words
+(but at least `min_words`) are matched whole. The filter itself is quality/filters/contamination.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,7 @@ class BenchmarkIndex:
 
 
 def build_index(cfg: ContaminationConfig) -> BenchmarkIndex:
+    """Read every configured benchmark and index its questions' n-grams (BenchmarkError on a bad file)."""
     hashes: dict[int, list[np.ndarray]] = {}
     owner: dict[int, dict[int, tuple[str, str]]] = {}
     items: dict[str, int] = {}
@@ -95,6 +98,16 @@ def build_index(cfg: ContaminationConfig) -> BenchmarkIndex:
     return BenchmarkIndex(
         hashes={k: np.unique(np.concatenate(v)) for k, v in hashes.items()}, owner=owner, items=items
     )
+
+
+def benchmark_index(cfg: ContaminationConfig) -> BenchmarkIndex:
+    """build_index, once per process and configuration: every part a worker filters reuses it."""
+    return _cached_index(cfg.model_dump_json())
+
+
+@lru_cache(maxsize=4)
+def _cached_index(cfg_json: str) -> BenchmarkIndex:
+    return build_index(ContaminationConfig.model_validate_json(cfg_json))
 
 
 def find_contaminated(texts: pl.Series, index: BenchmarkIndex) -> list[tuple[str, str, int] | None]:

@@ -122,17 +122,22 @@ def mask_one(enc: Encoding, rendered: Rendered, opts: MaskOptions) -> tuple[np.n
 
 def encode_conversations(
     conversations: Sequence[Messages], template: ChatTemplate, tok: Tokenizer, opts: MaskOptions,
-    batch_size: int = 4096,
+    batch_size: int = 4096, rendered: tuple[list[Rendered], list[str | None]] | None = None,
 ) -> Encoded:
-    """Render, tokenize (batched) and mask conversations; apply the overflow policy."""
+    """Render (unless `rendered` = render_all(template, conversations) is given), tokenize (batched) and
+    mask conversations; apply the overflow policy."""
     out = Encoded()
     limit = opts.max_seq_len
     specials = special_token_pattern(tok)
     for b0 in range(0, len(conversations), batch_size):
         batch = conversations[b0 : b0 + batch_size]
-        rendered, errors = _render_all(template, batch)
-        encs = tok.encode_batch([r.text for r in rendered], add_special_tokens=False)
-        for msgs, rend, enc, error in zip(batch, rendered, encs, errors, strict=True):
+        if rendered is None:
+            rendered_batch, errors = render_all(template, batch)
+        else:
+            rendered_batch = rendered[0][b0 : b0 + batch_size]
+            errors = rendered[1][b0 : b0 + batch_size]
+        encs = tok.encode_batch([r.text for r in rendered_batch], add_special_tokens=False)
+        for msgs, rend, enc, error in zip(batch, rendered_batch, encs, errors, strict=True):
             ids, mask, ends = mask_one(enc, rend, opts)
             n, sup = len(ids), int(mask.sum())
             out.full_tokens.append(n)
@@ -183,7 +188,7 @@ def encode_conversations(
     return out
 
 
-def _render_all(template: ChatTemplate, batch: Sequence[Messages]) -> tuple[list[Rendered], list[str | None]]:
+def render_all(template: ChatTemplate, batch: Sequence[Messages]) -> tuple[list[Rendered], list[str | None]]:
     """Render a batch; a conversation the template refuses (e.g. its raise_exception on a system
     message) becomes an empty placeholder and an error sentence, so it is dropped, not fatal."""
     rendered: list[Rendered] = []

@@ -19,11 +19,13 @@ import polars as pl
 
 from pipeline.core.ledger import read_ledger
 from pipeline.core.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from pipeline.core.stage import StageResult
 from schemas.config import RunConfig
 
 SCHEMA_VERSION = 1
 #: Funnel columns in order: where records leave, by the stage that decided it.
-FUNNEL_STEPS = ("read", "quarantined", "ingest_dropped", "duplicates", "filtered", "mixed_out", "tokenize_dropped", "kept")
+#: in pipeline order: the encode stage (ledger stage "tokenize") runs before the mix
+FUNNEL_STEPS = ("read", "quarantined", "ingest_dropped", "duplicates", "filtered", "tokenize_dropped", "mixed_out", "kept")
 _STEP_OF_STAGE = {"ingest": "ingest_dropped", "dedup": "duplicates", "quality": "filtered", "mix": "mixed_out",
                   "tokenize": "tokenize_dropped"}
 
@@ -49,36 +51,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     except OSError:
         pass
     return rows
-
-
-def _find(obj: Any, *words: str) -> Any:
-    """The first value (depth-first) whose key contains one of `words`: stats formats vary by stage."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if any(w in str(k).lower() for w in words):
-                return v
-        for v in obj.values():
-            found = _find(v, *words)
-            if found is not None:
-                return found
-    return None
-
-
-def _int_map(obj: Any) -> dict[str, int]:
-    """{name: count} from a dict of numbers (or of dicts holding a count), else {}."""
-    if not isinstance(obj, dict):
-        return {}
-    out: dict[str, int] = {}
-    for k, v in obj.items():
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, int | float):
-            out[str(k)] = int(v)
-        elif isinstance(v, dict):
-            n = next((v[c] for c in ("count", "hits", "n", "total") if isinstance(v.get(c), int | float)), None)
-            if n is not None:
-                out[str(k)] = int(n)
-    return out
 
 
 def histogram(values: list[float] | pl.Series, bins: int) -> dict[str, Any]:
@@ -327,6 +299,29 @@ def training_section(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def stage_results(run_dir: Path) -> dict[str, StageResult]:
+    """The typed results of the stages that ran (ingest per source summed into one), in stage order."""
+    from pipeline.dedup.stage import DedupResult
+    from pipeline.quality.stage import QualityResult
+    from pipeline.render.encode import EncodeResult
+    from pipeline.render.pack import PackResult
+
+    rd = RunDir.of(run_dir)
+    out: dict[str, StageResult] = {}
+    ingest = [StageResult.read(p) for p in sorted(rd.stage_dir("ingest").glob("*/stats.json"))]
+    ingest = [r for r in ingest if r is not None and r.seconds]
+    if ingest:
+        out["ingest"] = StageResult(stage="ingest", records_in=sum(r.records_in for r in ingest),
+                                    records_out=sum(r.records_out for r in ingest),
+                                    seconds=max(r.seconds for r in ingest))  # sources run in parallel
+    for name, cls in (("dedup", DedupResult), ("quality", QualityResult), ("encode", EncodeResult),
+                      ("mix", StageResult), ("pack", PackResult)):
+        r = cls.read(rd.stage_dir(name) / "stats.json")
+        if r is not None:
+            out[name] = r
+    return out
+
+
 def stage_stats(run_dir: Path) -> dict[str, Any]:
     """Every stage's own stats.json, as written (nothing the stages measured is left out)."""
     work = run_dir / "work"
@@ -352,11 +347,13 @@ def summarize(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | No
     totals = _sum_rows(rows, None)[0] if rows else {"total": "all", **{s: 0 for s in FUNNEL_STEPS}}
     totals["dropped"] = sum(totals[s] for s in FUNNEL_STEPS if s not in ("read", "quarantined", "kept"))
     stats = stage_stats(run_dir)
-    quality = stats.get("quality") or {}
-    tokenize = stats.get("tokenize") or {}
-    contamination = _int_map(_find(quality, "contamination", "benchmark"))
-    if not contamination:
-        n = ledger.filter(pl.col("reason").str.contains("contamina")).height if ledger.height else 0
+    results = stage_results(run_dir)
+    quality = results.get("quality")
+    encode = results.get("encode")
+    # the gate judges this number: the ledger's rows are the truth, the quality stage says per benchmark
+    n = ledger.filter(pl.col("reason") == "quality.contamination").height if ledger.height else 0
+    contamination = {k: int(v) for k, v in quality.contamination_hits.items()} if quality else {}
+    if n != sum(contamination.values()):
         contamination = {"all benchmarks": n} if n else {}
     return {
         "schema_version": SCHEMA_VERSION,
@@ -369,11 +366,14 @@ def summarize(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | No
         "reasons": reasons(ledger, run_dir, rc.examples_per_reason, rc.example_chars),
         "duplicates": duplicate_clusters(ledger, run_dir, rc.duplicate_clusters, rc.example_chars),
         "contamination": contamination,
-        "pii_redactions": _int_map(_find(quality, "redact", "pii")),
-        "languages_in": _int_map(_find(quality, "lang")),
+        "pii_redactions": dict(quality.redactions) if quality else {},
+        "languages_in": dict(quality.lang) if quality else {},
         "curated": curated_profile(run_dir, rc.histogram_bins),
         "shards": shard_profile(run_dir, cfg.pack.max_seq_len, rc.histogram_bins),
-        "truncation": _find(tokenize, "trunc"),
+        "truncation": encode.truncation if encode else None,
+        "stage_times": [{"stage": name, "seconds": r.seconds, "records_in": r.records_in,
+                         "records_out": r.records_out, "records_per_s": round(r.records_per_s, 1)}
+                        for name, r in results.items()],
         "mix": stats.get("mix"),
         "manifest": manifest if manifest is not None else _read_json(run_dir / "manifest.json"),
         "training": training_section(run_dir),
@@ -433,6 +433,11 @@ def summary_text(summary: dict[str, Any]) -> str:
     curves = (summary.get("training") or {}).get("curves") or {}
     for name, pts in curves.items():
         lines.append(f"  {name}: {pts[0][1]:.4f} at step {pts[0][0]:g} -> {pts[-1][1]:.4f} at step {pts[-1][0]:g}")
+    times = summary.get("stage_times") or []
+    if times:
+        lines.append("  stage times: " + ", ".join(
+            f"{t['stage']} {t['seconds']:.1f} s" + (f" ({t['records_per_s']:,.0f}/s)" if t["records_per_s"] else "")
+            for t in times))
     return "\n".join(lines)
 
 

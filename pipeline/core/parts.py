@@ -1,0 +1,33 @@
+"""Parquet part files: the folders of parts stages hand to each other (paths, never DataFrames)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.core.rundir import atomic_write_parquet, remove_outputs
+
+PART_PATTERN = "part-[0-9][0-9][0-9][0-9][0-9].parquet"
+
+
+def read_parts(in_paths: list[Path]) -> pl.DataFrame:
+    """Concatenate canonical parts, in the given order (extra columns such as lang are kept, also
+    when every part is empty)."""
+    from pipeline.ingest.canonical import empty_canonical
+
+    frames = [pl.read_parquet(p) for p in in_paths]
+    rows = [f for f in frames if f.height]
+    if rows:
+        return pl.concat(rows, how="diagonal_relaxed")
+    frames = [f for f in frames if f.width]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else empty_canonical()
+
+
+def write_parts(df: pl.DataFrame, out_dir: Path, rows_per_part: int) -> list[str]:
+    """Write a frame as out_dir/part-00000.parquet, … (replacing earlier parts); returns the paths.
+    An empty frame still writes one (empty) part, so the next stage sees its columns."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_outputs(out_dir, PART_PATTERN)
+    return [str(atomic_write_parquet(df.slice(s, rows_per_part), out_dir / f"part-{i:05d}.parquet"))
+            for i, s in enumerate(range(0, max(df.height, 1), rows_per_part))]

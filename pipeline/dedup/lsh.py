@@ -1,0 +1,73 @@
+"""LSH over MinHash signatures: banding, candidate pairs, verification.
+
+Bands and rows are datasketch's choice for the threshold (`_optimal_param`), weighted for recall
+(dedup.lsh_weights). Every pair of rows that agrees on a whole band is a candidate; with `verify` a
+candidate counts only if its estimated Jaccard (share of equal signature values) reaches the
+threshold, which removes LSH false positives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.dedup.minhash import estimated_jaccard
+from schemas.config_curation import DedupConfig
+
+#: Folds a band's values into one 64-bit key (the 64-bit golden ratio, an odd multiplier).
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass
+class LshStats:
+    """One LSH pass: its bands x rows, candidate pairs, how many verification kept and rejected."""
+
+    bands: int
+    rows: int
+    candidates: int
+    verified: int = 0
+    rejected_false_positives: int = 0
+    seconds: float = 0.0
+    #: one-exchange conversations dropped as near copies of a longer one's opening (None: not run)
+    first_exchange_matches: int | None = None
+
+
+def candidate_pairs(sig: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray, LshStats]:
+    """Candidate pairs (i < j) of rows that agree on all values of at least one LSH band."""
+    from datasketch.lsh import _optimal_param
+
+    bands, rows = _optimal_param(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+    n = sig.shape[0]
+    pairs: list[np.ndarray] = []
+    for band in range(bands):
+        # A collision of two band keys merely adds a candidate, which verification removes.
+        block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        key = np.zeros(n, dtype=np.uint64)
+        for c in range(rows):
+            key = (key ^ block[:, c]) * _MULT
+            key ^= key >> np.uint64(29)
+        order = np.argsort(key, kind="stable")
+        edge = np.flatnonzero(np.diff(key[order])) + 1
+        starts = np.concatenate([[0], edge])
+        ends = np.concatenate([edge, [n]])
+        multi = (ends - starts) > 1
+        for s, e in zip(starts[multi], ends[multi], strict=True):
+            members = np.sort(order[s:e])
+            if len(members) <= cfg.max_bucket:
+                ii, jj = np.triu_indices(len(members), k=1)
+                pairs.append(np.stack([members[ii], members[jj]], axis=1))
+            else:  # a very common band: a star around its first member bounds the work
+                pairs.append(np.stack([np.full(len(members) - 1, members[0]), members[1:]], axis=1))
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), LshStats(bands, rows, 0)
+    allp = np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+    return allp[:, 0], allp[:, 1], LshStats(bands, rows, int(len(allp)))
+
+
+def verify(sig: np.ndarray, i: np.ndarray, j: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(estimated Jaccard of each pair, whether it counts): with cfg.verify only pairs at or above
+    the threshold count, else every candidate does."""
+    est = estimated_jaccard(sig, i, j)
+    ok = est >= cfg.threshold if cfg.verify else np.ones(len(i), dtype=bool)
+    return est, ok

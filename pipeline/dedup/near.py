@@ -1,0 +1,120 @@
+"""Near copies (dedup.near): MinHash signatures of the normalised turns, LSH candidates verified by
+their estimated Jaccard, clusters of the verified pairs (earlier runs' conversations outrank every
+row of this run); and a one-exchange conversation near the first exchange of a longer one."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pipeline.core.procpool import pool_map
+from pipeline.dedup.clusters import components, group_survivors
+from pipeline.dedup.index import PriorIndex
+from pipeline.dedup.lsh import LshStats, candidate_pairs, verify
+from pipeline.dedup.minhash import text_signatures
+from pipeline.dedup.verdicts import Verdicts
+from schemas.config_curation import DedupConfig
+
+_SIG_PARALLEL_MIN_ROWS = 20_000
+
+
+def signatures(texts: pl.Series, cfg: DedupConfig) -> np.ndarray:
+    """MinHash signatures of normalised texts with the configured settings, over up to cfg.workers
+    processes for large inputs."""
+    kw = {"ngram": cfg.ngram, "num_perm": cfg.num_perm, "seed": cfg.seed, "scheme": cfg.scheme, "hash": cfg.hash}
+    n = texts.len()
+    if cfg.workers <= 1 or n < _SIG_PARALLEL_MIN_ROWS:
+        return text_signatures(texts, **kw)
+    # Word hashing is a Python call per distinct word and the permutations are heavy numpy work:
+    # worth spreading over processes.
+    step = max(cfg.batch_rows, -(-n // cfg.workers))
+    chunks = [texts.slice(s, step) for s in range(0, n, step)]
+    parts = pool_map(_sig_worker, [(c.to_list(), kw) for c in chunks], cfg.workers)
+    return np.vstack(parts)
+
+
+def _sig_worker(args: tuple[list[str], dict]) -> np.ndarray:
+    texts, kw = args
+    return text_signatures(pl.Series(texts, dtype=pl.String), **kw)
+
+
+@dataclass
+class Signed:
+    """Signatures of the rows alive when signed (zeros for the others), and of the first exchange
+    of the `openers`, longer conversations (ascending rows), when the first-exchange rule needs them."""
+
+    rows: np.ndarray  # n x num_perm
+    openers: np.ndarray
+    opening: np.ndarray  # len(openers) x num_perm
+
+    def opening_of(self, rows: np.ndarray) -> np.ndarray:
+        """The first-exchange signatures of some of the openers."""
+        return self.opening[np.searchsorted(self.openers, rows)]
+
+
+def sign(v: Verdicts, keys: pl.DataFrame, exchanges: np.ndarray, cfg: DedupConfig) -> Signed:
+    """Sign the alive rows' texts and, for the first-exchange rule, the openings of the alive longer
+    ones, in one pass."""
+    idx = v.alive_rows()
+    openers = v.alive_rows(exchanges > 1) if cfg.near and cfg.first_exchange else idx[:0]
+    both = signatures(pl.concat([keys["near_text"].gather(idx), keys["first_near"].gather(openers)]), cfg)
+    rows = np.zeros((len(v.alive), cfg.num_perm), dtype=np.uint32)
+    rows[idx] = both[: len(idx)]
+    return Signed(rows, openers, both[len(idx) :])
+
+
+def near_rule(v: Verdicts, sig: np.ndarray, rank: np.ndarray, prior: PriorIndex, cfg: DedupConfig) -> tuple[int, LshStats]:
+    """Cluster the alive rows with the earlier runs' signatures and drop all but each cluster's
+    survivor (an earlier run's conversation when there is one). Returns how many matched the
+    earlier runs, and the LSH pass's numbers."""
+    t0 = time.perf_counter()
+    idx = v.alive_rows()
+    m = len(prior.sig_ids)
+    both = np.vstack([sig[idx], prior.signatures]) if m else sig[idx]
+    ci, cj, lsh = candidate_pairs(both, cfg)
+    _, ok = verify(both, ci, cj, cfg)
+    lsh.verified = int(ok.sum())
+    lsh.rejected_false_positives = int((~ok).sum())
+    comp = components(len(idx) + m, ci[ok], cj[ok])
+    # Prior rows outrank every row of this run (the earliest index first).
+    both_rank = np.concatenate([rank[idx], -1 - np.arange(m, 0, -1)]) if m else rank[idx]
+    leaders = group_survivors(comp.astype(np.int64), both_rank)
+    n_prior = 0
+    for local, lead in enumerate(leaders[: len(idx)].tolist()):
+        if local == lead:
+            continue
+        jaccard = float((both[local] == both[lead]).mean())
+        if lead >= len(idx):
+            v.drop(int(idx[local]), "dedup.near", prior=prior.sig_ids[lead - len(idx)], jaccard=jaccard)
+            n_prior += 1
+        else:
+            v.drop(int(idx[local]), "dedup.near", copy_of=int(idx[lead]), jaccard=jaccard)
+    lsh.seconds = round(time.perf_counter() - t0, 3)
+    return n_prior, lsh
+
+
+def first_exchange_near(
+    v: Verdicts, signed: Signed, rank: np.ndarray, exchanges: np.ndarray, cfg: DedupConfig
+) -> int | None:
+    """Drop each alive one-exchange row whose signature is near the first exchange of an alive
+    longer row, as a copy of the best-ranked such row. Returns how many (None: nothing to compare)."""
+    singles = v.alive_rows(exchanges == 1)
+    longer = v.alive_rows(exchanges > 1)
+    if not (len(singles) and len(longer)):
+        return None
+    both = np.vstack([signed.rows[singles], signed.opening_of(longer)])
+    ci, cj, _ = candidate_pairs(both, cfg)
+    cross = (ci < len(singles)) & (cj >= len(singles))
+    ci, cj = ci[cross], cj[cross]
+    est, ok = verify(both, ci, cj, cfg)
+    matches = 0
+    pairs = zip(ci[ok].tolist(), cj[ok].tolist(), est[ok].tolist(), strict=True)
+    for a, b, e in sorted(pairs, key=lambda x: (x[0], rank[longer[x[1] - len(singles)]])):
+        r, k = int(singles[a]), int(longer[b - len(singles)])
+        if v.alive[r]:
+            v.drop(r, "dedup.near", copy_of=k, jaccard=e, opening=True)
+            matches += 1
+    return matches

@@ -1,0 +1,15 @@
+"""quality.empty: an empty or whitespace-only assistant turn."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.quality.batch import Batch, FilterResult, drop_rows, first_detail
+from schemas.config_curation import QualityConfig
+
+
+def empty(b: Batch, cfg: QualityConfig) -> FilterResult:
+    """An assistant turn that is empty or whitespace only."""
+    t = b.turns("assistant").filter(pl.col("content").fill_null("").str.strip_chars() == "")
+    detail = first_detail(b.n, t, pl.format("assistant turn {} is empty or whitespace only", pl.col("turn")))
+    return FilterResult(drop_rows(b.n, t["row"]), "quality.empty", detail)

@@ -1,0 +1,100 @@
+"""quality.repetition: Gopher-style repetition in assistant turns (Rae et al. 2021, table A1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipeline.core.textnorm import fold_ngrams, word_hashes
+from pipeline.quality.batch import Batch, FilterResult, drop_rows, first_detail, keep_all
+from schemas.config_curation import QualityConfig
+
+
+def _ngram_fracs(fh: np.ndarray, lens: np.ndarray, wchars: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gopher repetition signals per text for word n-grams: (characters of the repeated n-gram that
+    covers most characters / all word characters, characters of words inside any repeated n-gram /
+    all word characters). Gopher's "top n-gram" takes the most frequent n-gram; the one covering the
+    most characters is used here (no sort needed), which can only flag more."""
+    owner = np.repeat(np.arange(len(lens)), lens)
+    total = np.maximum(np.bincount(owner, weights=wchars, minlength=len(lens)), 1)
+    top = np.zeros(len(lens))
+    h, doc, start = fold_ngrams(fh, lens, n, short=False)
+    if len(h) == 0:
+        return top, top.copy()
+    csum = np.concatenate([[0], np.cumsum(wchars)])
+    chars = csum[start + n] - csum[start]
+    # Runs of equal (document, hash) after one sort are the repeated n-grams.
+    # One 64-bit key per (document, n-gram); a collision would need 2^64 luck.
+    key = h.astype(np.uint64) + doc.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    order = np.argsort(key)
+    ks, ds = key[order], doc[order]
+    new_run = np.concatenate([[True], ks[1:] != ks[:-1]])
+    run_id = np.cumsum(new_run) - 1
+    run_len = np.bincount(run_id)
+    repeated = run_len[run_id] > 1  # per sorted n-gram
+    heads = np.flatnonzero(new_run & repeated)
+    np.maximum.at(top, ds[heads], run_len[run_id[heads]] * chars[order[heads]] / total[ds[heads]])
+    dup_start = start[order[repeated]]
+    size = len(wchars) + 1
+    cover = np.bincount(dup_start, minlength=size) - np.bincount(dup_start + n, minlength=size)
+    covered = np.cumsum(cover)[:-1] > 0
+    dup_frac = np.bincount(owner, weights=wchars * covered, minlength=len(lens)) / total
+    return top, dup_frac
+
+
+def _dup_line_fracs(t: pl.DataFrame) -> np.ndarray:
+    """Per turn of `t`, the share of its non-blank lines that repeat an earlier line."""
+    multi = t.select(pl.int_range(pl.len()).alias("i"), "content").filter(
+        pl.col("content").str.contains("\n", literal=True)
+    )
+    lines = (
+        multi.select("i", pl.col("content").str.split("\n").alias("l"))
+        .explode("l")
+        .with_columns(pl.col("l").str.strip_chars())
+        .filter(pl.col("l") != "")
+        .group_by("i")
+        .agg(((pl.len() - pl.col("l").n_unique()) / pl.len()).alias("f"))
+    )
+    out = np.zeros(t.height)
+    out[lines["i"].to_numpy()] = lines["f"].to_numpy()
+    return out
+
+
+def repetition(b: Batch, cfg: QualityConfig) -> FilterResult:
+    """Gopher-style repetition in assistant turns: duplicate lines, most frequent 2/3/4-grams and
+    characters in repeated 5- and 10-grams, each against its configured maximum."""
+    t = b.turns("assistant").with_columns(pl.col("content").fill_null("").alias("content"))
+    # norm has single spaces: counting them counts words without a regex.
+    t = t.filter(pl.col("norm").str.count_matches(" ", literal=True) + 1 >= cfg.repetition_min_words)
+    if t.height == 0:
+        return keep_all(b.n, "quality.repetition")
+    # Hashes only compared within this batch: polars' fast hash will do.
+    fh, lens, wchars = word_hashes(t["norm"], bits=64, stable=False, spaces=True)
+    top2, dup2 = _ngram_fracs(fh, lens, wchars, 2)
+    checks = [
+        ("duplicate-line fraction", _dup_line_fracs(t), cfg.max_dup_line_frac),
+        ("top 2-gram character fraction", top2, cfg.max_top_2gram_frac),
+    ]
+    # Every word inside a repeated n-gram (n >= 2) is inside a repeated 2-gram, so a turn whose
+    # repeated 2-grams cover little cannot fail the longer checks; only the others are computed
+    # (half the smallest limit leaves room for overlapping occurrences in the top-n counts).
+    longer = [(3, cfg.max_top_3gram_frac, 0), (4, cfg.max_top_4gram_frac, 0), (5, cfg.max_dup_5gram_frac, 1),
+              (10, cfg.max_dup_10gram_frac, 1)]
+    gate = dup2 > 0.5 * min(limit for _, limit, _ in longer)
+    owner_gate = np.repeat(gate, lens)
+    sub = (fh[owner_gate], lens[gate], wchars[owner_gate])
+    for n, limit, which in longer:
+        values = np.zeros(t.height)
+        if gate.any():
+            values[gate] = _ngram_fracs(*sub, n)[which]
+        name = f"top {n}-gram character fraction" if which == 0 else f"duplicate {n}-gram character fraction"
+        checks.append((name, values, limit))
+    why: list[str | None] = [None] * t.height
+    for name, values, limit in reversed(checks):  # the first failing check names the reason
+        for i in np.flatnonzero(values > limit).tolist():
+            why[i] = f"{name} {values[i]:.2f} > {limit}"
+    hits = t.select("row", "turn").with_columns(pl.Series("why", why, dtype=pl.String)).filter(
+        pl.col("why").is_not_null()
+    )
+    detail = first_detail(b.n, hits, pl.format("assistant turn {}: {}", "turn", "why"))
+    return FilterResult(drop_rows(b.n, hits["row"]), "quality.repetition", detail)

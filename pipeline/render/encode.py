@@ -1,0 +1,197 @@
+"""The encode stage: every conversation that passed quality, rendered and tokenized exactly once.
+
+`run_encode(in_paths, run_dir, cfg)` renders each conversation with the chat template (text and the
+character spans of its turns), takes the run's tokenizer (the given one, or the embedded BPE trained
+on exactly these rendered texts and cached), encodes every text once (`encode_batch`), derives the
+loss mask from the spans (pipeline.render.masks) and applies the overflow policy. It writes
+`tokenizer/`, the encodings (`work/encode/part-*.parquet`: ids, mask and exact token counts, one row
+per kept conversation), `ledger/tokenize.parquet` for the conversations it drops (too long, nothing
+supervised, a template error: ledger stage `tokenize`) and `work/encode/stats.json`.
+
+The mix stage then selects on these exact token counts (truncation included), and the pack stage
+writes the selected encodings into shards: planned and written token shares are the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from tokenizers import Tokenizer
+
+from pipeline.core.ledger import ledger_rows, write_ledger_part
+from pipeline.core.parts import read_parts
+from pipeline.core.rundir import RunDir, atomic_write_table, claim_run_dir, remove_outputs
+from pipeline.core.stage import StageResult, timed
+from pipeline.render.masks import Encoded, MaskOptions, check_conversation, encode_conversations, render_all
+from pipeline.render.templates import ChatTemplate, Rendered, load_template
+from pipeline.render.tokenizer import (
+    cached_bpe,
+    ensure_special_tokens,
+    load_tokenizer,
+    save_tokenizer_dir,
+    tokenizer_hash,
+)
+
+PART_ROWS = 50_000
+ENCODED_SCHEMA = pa.schema([
+    ("conversation_id", pa.string()),
+    ("origin", pa.string()),
+    ("tokens", pa.int64()),  # written tokens (after truncation)
+    ("supervised", pa.int64()),  # targets among them
+    ("truncated", pa.bool_()),
+    ("input_ids", pa.list_(pa.int32())),
+    ("loss_mask", pa.list_(pa.uint8())),
+])
+_HIST_EDGES = [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+
+
+@dataclass
+class EncodeResult(StageResult):
+    """What the encode stage did: the tokenizer it used, what truncation cost, the self-check."""
+
+    template: str = ""
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    #: conversations truncated at an assistant-turn boundary, and the tokens that cost
+    truncation: dict[str, int] = field(default_factory=dict)
+    #: tokens (and supervised tokens) of the conversations dropped here
+    dropped_tokens: dict[str, int] = field(default_factory=dict)
+    length_histogram: dict[str, int] = field(default_factory=dict)
+    supervised_histogram: dict[str, int] = field(default_factory=dict)
+    self_check: dict[str, int] = field(default_factory=dict)
+    max_seq_len: int = 0
+
+
+def template_of(cfg: Any) -> ChatTemplate:
+    return load_template(cfg.template.name, cfg.tokenizer.path)
+
+
+def mask_options(cfg: Any) -> MaskOptions:
+    return MaskOptions(cfg.template.train_on, cfg.template.train_on_prompt, cfg.pack.max_seq_len, cfg.pack.overflow)
+
+
+def resolve_tokenizer(run_dir: Path, cfg: Any, template: ChatTemplate, texts: list[str]) -> tuple[Tokenizer, dict]:
+    """The run's tokenizer: the given one, or the embedded BPE trained on `texts` (cached by content)."""
+    info: dict[str, Any] = {}
+    if cfg.tokenizer.path is not None:
+        tok = load_tokenizer(cfg.tokenizer.path)
+        info.update(kind="given", path=str(cfg.tokenizer.path))
+    else:
+        cache = cfg.tokenizer.cache_dir or RunDir.of(run_dir).stage_dir("encode") / "cache"
+        tok, key, hit = cached_bpe(texts, template, cache, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        info.update(kind="trained", key=key, cache_hit=hit, trained_on=f"{len(texts)} conversations")
+    info["added_special_tokens"] = ensure_special_tokens(tok, template)
+    return tok, info
+
+
+def _histogram(values: list[int]) -> dict[str, int]:
+    counts, _ = np.histogram(np.asarray(values, dtype=np.int64), bins=[*_HIST_EDGES, np.iinfo(np.int64).max])
+    return {f"{lo}-{hi - 1}" if i + 1 < len(_HIST_EDGES) else f">={lo}": int(c) for i, (lo, hi, c) in enumerate(
+        zip(_HIST_EDGES, [*_HIST_EDGES[1:], 0], counts, strict=True))}
+
+
+def self_check(df: pl.DataFrame, enc: Encoded, rendered: list[Rendered], template: ChatTemplate, tok: Tokenizer,
+               opts: MaskOptions, cfg: Any) -> int:
+    """Decode self-check of a seeded sample of the kept conversations (all with pack.self_check_all)."""
+    kept = [i for i, r in enumerate(enc.reasons) if r is None]
+    n = len(kept) if cfg.pack.self_check_all else min(cfg.pack.self_check_sample, len(kept))
+    pick = kept if n == len(kept) else sorted(np.random.default_rng(cfg.seed).choice(kept, n, replace=False).tolist())
+    cids = df.get_column("conversation_id")
+    msgs = df.get_column("messages")
+    for b0 in range(0, len(pick), cfg.tokenizer.batch_size):
+        batch = pick[b0 : b0 + cfg.tokenizer.batch_size]
+        encs = tok.encode_batch([rendered[i].text for i in batch], add_special_tokens=False)
+        for i, e in zip(batch, encs, strict=True):
+            check_conversation(cids[i], msgs[i].to_list(), enc.ids[i], enc.masks[i], template, tok, opts, enc=e)
+    return len(pick)
+
+
+def _list_array(arrays: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    flat = np.concatenate(arrays) if arrays else np.zeros(0)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, dtype)).cast(pa.list_(dtype))
+
+
+def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarray) -> list[Path]:
+    """The kept conversations' encodings as `out_dir/part-NNNNN.parquet`."""
+    remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].parquet")
+    cids = df.get_column("conversation_id").to_list()
+    origins = df.get_column("origin").to_list()
+    paths = []
+    for p, k0 in enumerate(range(0, max(len(kept), 1), PART_ROWS)):
+        idx = kept[k0 : k0 + PART_ROWS].tolist()
+        table = pa.Table.from_arrays([
+            pa.array([cids[i] for i in idx], pa.string()),
+            pa.array([origins[i] for i in idx], pa.string()),
+            pa.array([len(enc.ids[i]) for i in idx], pa.int64()),
+            pa.array([int(enc.masks[i].sum()) for i in idx], pa.int64()),
+            pa.array([enc.truncated[i] for i in idx], pa.bool_()),
+            _list_array([enc.ids[i] for i in idx], pa.int32()),
+            _list_array([enc.masks[i] for i in idx], pa.uint8()),
+        ], schema=ENCODED_SCHEMA)
+        paths.append(atomic_write_table(table, out_dir / f"part-{p:05d}.parquet", compression="zstd"))
+    return paths
+
+
+def read_encoded(run_dir: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """The encode stage's rows (all columns, or `columns`)."""
+    parts = sorted(RunDir.of(run_dir).stage_dir("encode").glob("part-*.parquet"))
+    if not parts:
+        return pl.DataFrame(schema={k: v for k, v in pl.from_arrow(ENCODED_SCHEMA.empty_table()).schema.items()
+                                    if columns is None or k in columns})
+    return pl.concat([pl.read_parquet(p, columns=columns) for p in parts])
+
+
+def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeResult:
+    """Render, tokenize and mask every conversation of `in_paths` once (see the module docstring)."""
+    result = EncodeResult(stage="encode", max_seq_len=cfg.pack.max_seq_len)
+    with timed(result):
+        rd = claim_run_dir(run_dir)
+        # a fixed order whatever the order of the parts: the tokenizer's cache key hashes the texts
+        df = read_parts([Path(p) for p in in_paths]).sort("conversation_id", "origin")
+        template = template_of(cfg)
+        opts = mask_options(cfg)
+        msgs = df.get_column("messages").to_list()
+        rendered, errors = render_all(template, msgs)
+        tok, tok_info = resolve_tokenizer(rd.root, cfg, template, [r.text for r in rendered])
+        enc = encode_conversations(msgs, template, tok, opts, cfg.tokenizer.batch_size, rendered=(rendered, errors))
+        checked = self_check(df, enc, rendered, template, tok, opts, cfg)
+        del rendered
+
+        reasons = pl.Series("reason", enc.reasons, dtype=pl.String)
+        dropped = df.with_columns(reasons, pl.Series("detail", enc.details, dtype=pl.String)).filter(
+            pl.col("reason").is_not_null()
+        )
+        write_ledger_part(rd.root, "tokenize", ledger_rows(
+            dropped, stage="tokenize", outcome="dropped", reason=pl.col("reason"), detail=pl.col("detail")
+        ))
+        kept = np.flatnonzero(reasons.is_null().to_numpy())
+        result.parts = [str(p) for p in write_encoded(rd.stage_dir("encode"), df, enc, kept)]
+        save_tokenizer_dir(tok, template, rd.tokenizer, cfg.pack.max_seq_len)
+
+        trunc = [i for i, t in enumerate(enc.truncated) if t]
+        sup = [int(m.sum()) for m in enc.masks]
+        result.records_in = df.height
+        result.records_out = len(kept)
+        result.dropped = dict(sorted(dropped.group_by("reason").len().iter_rows())) if dropped.height else {}
+        result.template = template.name
+        result.tokenizer = {**tok_info, "hash": tokenizer_hash(tok), "vocab_size": tok.get_vocab_size()}
+        result.truncation = {
+            "conversations": len(trunc),
+            "tokens_lost": sum(enc.full_tokens[i] - len(enc.ids[i]) for i in trunc),
+            "supervised_tokens_lost": sum(enc.full_supervised[i] - sup[i] for i in trunc),
+        }
+        result.dropped_tokens = {
+            "tokens": sum(t for t, r in zip(enc.full_tokens, enc.reasons, strict=True) if r),
+            "supervised_tokens": sum(s for s, r in zip(enc.full_supervised, enc.reasons, strict=True) if r),
+        }
+        result.length_histogram = _histogram(enc.full_tokens)
+        result.supervised_histogram = _histogram(enc.full_supervised)
+        result.self_check = {"checked": checked, "passed": checked}
+    result.write(rd.stage_dir("encode") / "stats.json")
+    return result
