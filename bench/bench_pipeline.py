@@ -24,14 +24,9 @@ import threading
 import time
 from pathlib import Path
 
+from bench_mix import SOURCES  # the corpus's five sources (name, file, format, tier)
+
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [
-    ("expert", "expert/messages.jsonl", "openai", "expert"),
-    ("sharegpt", "crowdsourced/sharegpt.json", "sharegpt", "crowdsourced"),
-    ("oasst", "crowdsourced/oasst_messages.jsonl", "oasst", "crowdsourced"),
-    ("dolly", "crowdsourced/dolly.jsonl", "dolly", "crowdsourced"),
-    ("alpaca", "synthetic/alpaca.jsonl", "alpaca", "synthetic"),
-]
 
 
 def write_config(corpus: Path, out: Path, path: Path) -> Path:

@@ -233,8 +233,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from schemas.explain import as_markdown, as_text, explain, write_readme
+
+    if args.readme:
+        print(f"{args.readme}: " + ("configuration reference updated" if write_readme(args.readme) else "up to date"))
+        return 0
+    try:
+        items = explain(args.section)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+    print(as_markdown(items) if args.markdown else as_text(items))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sftforge", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="sftforge", description=__doc__.splitlines()[0],
+        epilog="The run config is TOML: `sftforge config explain [SECTION]` describes every key (type, default, "
+        "bounds, meaning). Exit codes: 0 done, 1 a stage failed, 2 a user error (config, input, output folder), "
+        "3 the approval gate rejected the data.",
+    )
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -255,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("--config", default=None, help="rebuild the report from the run directory with this config")
     with_set(sp)
+    sp = sub.add_parser("config", help="describe the configuration: every key, its type, default and bounds")
+    csub = sp.add_subparsers(dest="config_command", required=True)
+    ex = csub.add_parser("explain", help="every key of the run config (or of one section)")
+    ex.add_argument("section", nargs="?", default=None, help="e.g. pack, quality, sources")
+    ex.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    ex.add_argument("--readme", default=None, metavar="README.md", help="rewrite the README's generated reference")
     sp = sub.add_parser("serve", help="serve the deployments (needs a Prefect server)")
     sp.add_argument("--config", default="configs/demo.toml")
     sp.add_argument("--cron", default="0 3 * * *", help="schedule of the nightly deployment")
@@ -270,12 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("curate", "run"):
             return _run_flow(args.command, args)
-        return {"report": _cmd_report, "train": _cmd_train, "serve": _cmd_serve}[args.command](args)
+        return {"report": _cmd_report, "train": _cmd_train, "serve": _cmd_serve, "config": _cmd_config}[args.command](args)
     except (UserError, ConfigError) as e:
         print(f"sftforge: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sftforge config explain | head`
+        return 0
     except Exception as e:  # a failed flow run: say what failed, keep the traceback for --debug
         if args.debug:
             raise

@@ -35,6 +35,19 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _drain_prefect_workers() -> None:
+    """Send the logs and events still queued in this process before their server goes away (else
+    Prefect prints "Error logging to API" at exit)."""
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=15, at_exit=False)
+    except Exception:  # noqa: BLE001 - best effort: the run itself is over
+        pass
+
+
 class ServerStartError(RuntimeError):
     """The local Prefect server did not become healthy."""
 
@@ -76,6 +89,7 @@ def local_prefect_server(timeout_s: float | None = None, log: Callable[[str], No
             time.sleep(0.2)
         yield url
     finally:
+        _drain_prefect_workers()
         proc.terminate()
         try:
             proc.wait(timeout=10)

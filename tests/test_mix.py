@@ -11,14 +11,8 @@ from hypothesis import strategies as st
 
 from pipeline.core.ledger import read_ledger
 from pipeline.ingest.canonical import from_records
-from pipeline.mix.stage import (
-    copies_for_weight,
-    estimate_tokens,
-    first_fit,
-    run_mix,
-    solve_share_budgets,
-    training_tokens,
-)
+from pipeline.mix.plan import copies_for_weight, first_fit, solve_share_budgets
+from pipeline.mix.stage import estimate_tokens, run_mix, training_tokens
 from schemas.config import ConfigError, RunConfig
 from schemas.conversation import conversation_id
 
@@ -308,7 +302,7 @@ def test_plan_invariants(counts, syn_weight, exp_weight, cap, max_share, seed):
     """Every conversation has one fate; caps and max shares hold; repeats only where weights ask."""
     import numpy as np
 
-    from pipeline.mix.stage import plan_mix
+    from pipeline.mix.plan import plan_mix
     from schemas.config_mix import MixConfig
 
     df = make_frame(dict(zip(("exp", "crowd", "syn"), counts, strict=True)), lang=False)

@@ -1,4 +1,5 @@
-"""The source mixture: how many copies of each conversation go into training.
+"""The mix stage: score, select, and how many copies of each conversation go into training
+(the plan itself is pipeline.mix.plan).
 
 Order of decisions (each conversation's fate is decided once, by the first step that drops it):
 
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
@@ -40,9 +40,9 @@ from pipeline.core.rundir import (
 )
 from pipeline.core.stage import StageResult
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
-from pipeline.mix.select import SIGNAL_COLUMNS, priority_order, sample_keys, score_frame, select
+from pipeline.mix.plan import plan_mix
+from pipeline.mix.select import SIGNAL_COLUMNS, score_frame, select
 from schemas.config import ConfigError, RunConfig
-from schemas.config_mix import MixConfig, MixRule
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
@@ -91,210 +91,6 @@ def training_tokens(tokens: pl.Series, max_seq_len: int, overflow: str) -> pl.Se
     return pl.select(
         pl.when(over).then(0 if overflow == "drop" else max_seq_len).otherwise(tokens).cast(pl.Int64)
     ).to_series()
-
-
-def copies_for_weight(weight: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """floor(w) copies, plus one when the hash key falls below the fractional part."""
-    base = np.floor(weight)
-    return (base + (keys < (weight - base))).astype(np.int64)
-
-
-def first_fit(order: np.ndarray, costs: list[np.ndarray], budgets: list[float]) -> np.ndarray:
-    """Boolean mask of the items taken when walking `order` and taking each item whose costs
-    still fit every budget. Fast path: the longest prefix that fits, then a loop over the rest."""
-    n = len(order)
-    taken = np.zeros(len(costs[0]) if costs else 0, dtype=bool)
-    if n == 0:
-        return taken
-    prefix = n
-    for cost, budget in zip(costs, budgets, strict=True):
-        cum = np.cumsum(cost[order])
-        prefix = min(prefix, int(np.searchsorted(cum, budget + 1e-9, side="right")))
-    taken[order[:prefix]] = True
-    left = [b - float(c[order[:prefix]].sum()) for c, b in zip(costs, budgets, strict=True)]
-    rest = order[prefix:]
-    if rest.size == 0:
-        return taken
-    rest_costs = [c[rest] for c in costs]
-    mins = [float(rc.min()) for rc in rest_costs]
-    for j, i in enumerate(rest.tolist()):
-        if any(lf < m for lf, m in zip(left, mins, strict=True)):
-            break  # nothing left can fit any more
-        item = [float(rc[j]) for rc in rest_costs]
-        if all(c <= lf + 1e-9 for c, lf in zip(item, left, strict=True)):
-            taken[i] = True
-            left = [lf - c for lf, c in zip(left, item, strict=True)]
-    return taken
-
-
-@dataclass
-class ShareGroup:
-    """A set of sources whose tokens a share rule constrains."""
-
-    name: str  # "tier synthetic" or "source alpaca"
-    key: str  # config key, e.g. "mix.tiers.synthetic"
-    sources: list[str]
-    share: float | None
-    max_share: float | None
-
-
-def share_groups(mix: MixConfig, source_tiers: dict[str, str]) -> list[ShareGroup]:
-    """The disjoint groups of sources with a share rule; a source may not be in two."""
-    groups: list[ShareGroup] = []
-    for tier, rule in mix.tiers.items():
-        if rule.has_share():
-            srcs = sorted(s for s, t in source_tiers.items() if t == str(tier))
-            groups.append(ShareGroup(f"tier {tier}", f"mix.tiers.{tier}", srcs, rule.share, rule.max_share))
-    for source, rule in mix.sources.items():
-        if rule.has_share():
-            groups.append(
-                ShareGroup(f"source {source}", f"mix.sources.{source}", [source], rule.share, rule.max_share)
-            )
-    seen: dict[str, str] = {}
-    for g in groups:
-        for s in g.sources:
-            if s in seen:
-                raise ConfigError(
-                    f"{g.key} and {seen[s]} both set a share for source {s!r}: a source's tokens can have "
-                    "one share rule; keep it on the source or on its tier"
-                )
-            seen[s] = g.key
-    return groups
-
-
-def solve_share_budgets(
-    free_tokens: float, available: list[float], shares: list[float | None], max_shares: list[float | None]
-) -> tuple[float, list[float]]:
-    """Token budget of each share group so that, with `free_tokens` outside every group, exact
-    shares hold and max shares are not exceeded in the final total T.
-
-    Exact: budget = s * T. Max: budget = min(available, m * T). Start with no max group capped,
-    T = (free + uncapped available) / (1 - exact shares - capped max shares); cap every max group
-    over m * T and repeat — capping one lowers T, so the set only grows and this ends.
-    """
-    capped: set[int] = set()
-    while True:
-        num = free_tokens + sum(a for i, a in enumerate(available) if shares[i] is None and i not in capped)
-        den = 1.0 - sum(s for s in shares if s is not None) - sum(max_shares[i] or 0.0 for i in capped)
-        if den <= 1e-12 or num <= 0:
-            raise ConfigError(
-                "mix: the share rules cannot be met — the data they do not cover is "
-                f"{num:,.0f} tokens and the shares leave {max(den, 0.0):.3f} of the total for it; "
-                "add sources without a share rule or lower the shares"
-            )
-        total = num / den
-        over = [
-            i
-            for i, m in enumerate(max_shares)
-            if m is not None and i not in capped and available[i] > m * total + 1e-9
-        ]
-        if not over:
-            break
-        capped.update(over)
-    budgets = [
-        s * total if s is not None else (min(a, (m or 0.0) * total) if i in capped else a)
-        for i, (a, s, m) in enumerate(zip(available, shares, max_shares, strict=True))
-    ]
-    return total, budgets
-
-
-def _rule_detail(rule: MixRule) -> str:
-    parts = []
-    if rule.max_conversations is not None:
-        parts.append(f"max_conversations {rule.max_conversations:,}")
-    if rule.max_tokens is not None:
-        parts.append(f"max_tokens {rule.max_tokens:,}")
-    return " and ".join(parts)
-
-
-def plan_mix(df: pl.DataFrame, mix: MixConfig, source_tiers: dict[str, str], seed: int) -> pl.DataFrame:
-    """Decide the copies of each conversation. `df` needs source, tier, conversation_id, score,
-    `_tokens` and `_selected`. Returns `df` plus `repeat` (0 = left out), `_reason`, `_detail`."""
-    n = df.height
-    keys = sample_keys(df["conversation_id"], seed)
-    sources = df["source"].to_numpy()
-    tiers = df["tier"].cast(pl.String).to_numpy()
-    tokens = df["_tokens"].to_numpy().astype(np.float64)
-    reason = np.full(n, None, dtype=object)
-    detail = np.full(n, None, dtype=object)
-    sel = df["_selected"].to_numpy()
-    reason[~sel] = "mix.unselected"
-    detail[~sel] = df["_select_detail"].to_numpy()[~sel]
-
-    # Weights: epoch multipliers, fractional parts sampled by hash.
-    weight = np.ones(n)
-    for source, rule in mix.sources.items():
-        weight[sources == source] *= rule.weight
-    for tier, rule in mix.tiers.items():
-        weight[tiers == str(tier)] *= rule.weight
-    repeat = np.where(sel, copies_for_weight(weight, keys), 0)
-    out_w = sel & (repeat == 0)
-    reason[out_w] = "mix.unselected"
-    detail[out_w] = [f"left out by sampling at weight {w:g} (source × tier weight)" for w in weight[out_w]]
-
-    order_all = priority_order(df, keys, by_score=mix.cap_order == "score")
-
-    def drop(mask: np.ndarray, text: str) -> None:
-        reason[mask] = "mix.capped"
-        detail[mask] = text
-        repeat[mask] = 0
-
-    # Count and token caps: per source, then per tier.
-    rules = [(f"source '{s}'", sources == s, r) for s, r in mix.sources.items()]
-    rules += [(f"tier '{t}'", tiers == str(t), r) for t, r in mix.tiers.items()]
-    for name, member, rule in rules:
-        if rule.max_conversations is None and rule.max_tokens is None:
-            continue
-        order = order_all[(member & (repeat > 0))[order_all]]
-        costs, budgets = [], []
-        if rule.max_conversations is not None:
-            costs.append(repeat.astype(np.float64))
-            budgets.append(float(rule.max_conversations))
-        if rule.max_tokens is not None:
-            costs.append(repeat * tokens)
-            budgets.append(float(rule.max_tokens))
-        taken = first_fit(order, costs, budgets)
-        out = np.zeros(n, dtype=bool)
-        out[order] = ~taken[order]
-        drop(out, f"left out by the cap of {name}: {_rule_detail(rule)} ({mix.cap_order} order)")
-
-    # Shares of the final training tokens.
-    groups = share_groups(mix, source_tiers)
-    if groups:
-        members = [np.isin(sources, g.sources) & (repeat > 0) for g in groups]
-        in_any = np.any(members, axis=0)
-        free = float((repeat * tokens)[(repeat > 0) & ~in_any].sum())
-        avail = [float((repeat * tokens)[m].sum()) for m in members]
-        # An exact share of a group with no data cannot be reached; it is reported, not solved for.
-        live = [i for i, a in enumerate(avail) if a > 0]
-        budgets: list[float] = []
-        if live:
-            _, budgets = solve_share_budgets(
-                free,
-                [avail[i] for i in live],
-                [groups[i].share for i in live],
-                [groups[i].max_share for i in live],
-            )
-        for i, budget in zip(live, budgets, strict=True):
-            g, member = groups[i], members[i]
-            order = order_all[member[order_all]]
-            what = f"{g.share:.1%} share" if g.share is not None else f"at most {g.max_share:.1%}"
-            if budget < avail[i] - 1e-9:
-                taken = first_fit(order, [repeat * tokens], [budget])
-                out = np.zeros(n, dtype=bool)
-                out[order] = ~taken[order]
-                drop(out, f"left out to keep {g.name} at {what} of training tokens ({g.key})")
-            elif budget > avail[i] + 1e-9:
-                # Short of an exact share: whole extra rounds, then one more copy first-fit by hash.
-                rounds = int(budget // avail[i])
-                repeat[member] *= rounds
-                extra = first_fit(order, [tokens], [budget - rounds * avail[i]])
-                repeat[extra] += 1
-    return df.with_columns(
-        pl.Series("repeat", repeat, dtype=pl.Int32),
-        pl.Series("_reason", reason.tolist(), dtype=pl.String),
-        pl.Series("_detail", detail.tolist(), dtype=pl.String),
-    )
 
 
 def _validate_names(cfg: RunConfig) -> None:

@@ -4,7 +4,7 @@ Each conversation is rendered once by its template (text + character spans of ev
 text is tokenized once (`encode_batch`, batched), and the loss mask is derived from the character
 spans through the token offsets. Prompt and response are never tokenized apart.
 
-Targets (mask = 1), as CONTRACTS.md states: the tokens carrying assistant content and the end-of-turn
+Targets (mask = 1), as docs/CONTRACTS.md states: the tokens carrying assistant content and the end-of-turn
 marker closing each assistant turn; with `train_on = "last_assistant"` only the last assistant turn;
 with `train_on_prompt` also the system and user contents. The first token of a conversation is never
 a target (nothing precedes it to predict it from).
