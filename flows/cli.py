@@ -17,6 +17,7 @@ from typing import Any
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
 EXIT_GATE_REJECTED = 3
+EXIT_NOTHING_KEPT = 4
 
 
 class UserError(Exception):
@@ -134,6 +135,11 @@ def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
     _print_summary(Path(result["run_dir"]))
     print(f"run directory: {result['run_dir']}")
     print(f"report: {result['report']}")
+    if result.get("nothing_kept"):
+        from flows.curate import nothing_kept_reasons
+
+        print(f"NOTHING KEPT: {nothing_kept_reasons(result.get('summary') or _report_json(Path(result['run_dir'])))}")
+        return EXIT_NOTHING_KEPT
     if flow_name == "run":
         gate = result.get("gate") or {}
         if result.get("trained"):
@@ -144,6 +150,15 @@ def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
         else:
             print("not trained: train.enabled = false")
     return 0
+
+
+def _report_json(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -252,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sftforge", description=__doc__.splitlines()[0],
         epilog="The run config is TOML: `sftforge config explain [SECTION]` describes every key (type, default, "
         "bounds, meaning). Exit codes: 0 done, 1 a stage failed, 2 a user error (config, input, output folder), "
-        "3 the approval gate rejected the data.",
+        "3 the approval gate rejected the data, 4 the curation kept nothing (the report says why).",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)

@@ -277,17 +277,33 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
 
     # 6-8. the ledger must balance before anything is published; then the report, then the manifest,
     # truly last: its presence says everything before it is on disk.
-    from pipeline.core.manifest import build_manifest
+    from pipeline.core.manifest import NothingKept, build_manifest
 
     with stage_errors("finalize", run_dir):
         counts = finalize_task(str(run_dir), records_read)
-    manifest_dict = build_manifest(run_dir, cfg, counts)
+    try:
+        manifest_dict: dict[str, Any] | None = build_manifest(run_dir, cfg, counts)
+    except NothingKept:
+        manifest_dict = None  # an outcome, not a crash: the report says where everything went
     with stage_errors("report", run_dir):
         summary = report_task(str(run_dir), cfg, manifest_dict)
-    with stage_errors("manifest", run_dir):
-        manifest = manifest_task(str(run_dir), manifest_dict)
+    manifest = None
+    if manifest_dict is None:
+        logger.warning("nothing kept: %s", nothing_kept_reasons(summary))
+    else:
+        with stage_errors("manifest", run_dir):
+            manifest = manifest_task(str(run_dir), manifest_dict)
     return {"run_dir": str(run_dir), "records_read": records_read, "counts": counts, "manifest": manifest,
-            "report": str(run_dir / "report" / "report.html"), "stats": stats, "summary": summary}
+            "nothing_kept": manifest_dict is None, "report": str(run_dir / "report" / "report.html"),
+            "stats": stats, "summary": summary}
+
+
+def nothing_kept_reasons(summary: dict[str, Any]) -> str:
+    """Which sources lost everything, and to which reasons (from the report's funnel and reasons)."""
+    lost = [r["source"] for r in summary.get("funnel", []) if r.get("read") and not r.get("kept")]
+    top = ", ".join(f"{r['reason']} {r['count']}" for r in (summary.get("reasons") or [])[:5])
+    return (f"every source lost all its records ({', '.join(lost) or 'no records were read'})"
+            + (f"; the main reasons: {top}" if top else "") + "; see the report")
 
 
 def _load(config: str, overrides: list[str] | None) -> RunConfig:
@@ -321,6 +337,9 @@ def _curate_and_train(cfg: RunConfig, config: str, overrides: list[str]) -> dict
     summary = result.pop("summary")
     run_dir = Path(result["run_dir"])
 
+    if result["nothing_kept"]:
+        result["trained"] = False
+        return result
     decision = run_gate(summary, cfg.gate)
     result["gate"] = decision.as_dict()
     if not decision.approved:

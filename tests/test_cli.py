@@ -101,3 +101,21 @@ def test_a_failing_flow_is_one_line_and_exit_1(tmp_path: Path, prefect_server: P
     last = proc.stderr.strip().splitlines()[-2:]
     assert last[0].startswith("sftforge: curate failed: ") and str(bad) in last[0]
     assert "--debug" in last[1]
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_nothing_kept_is_an_outcome_with_a_report_and_exit_4(tmp_path: Path, prefect_server: PrefectServer) -> None:
+    """Every record of every source fails: the report is still written and says where they went;
+    no manifest (nothing to train on); the CLI exits 4 naming the sources and reasons."""
+    src = tmp_path / "bad.jsonl"
+    src.write_text("".join('{"instruction": "q%d", "output": ""}\n' % i for i in range(5)) + "not json\n")
+    cfg = write_config(tmp_path / "c.toml", [{"name": "bad", "path": str(src), "format": "alpaca", "tier": "expert"}],
+                       tmp_path / "run")
+    for command in ("curate", "run"):
+        proc = subprocess.run([sys.executable, "-m", "flows.cli", command, str(cfg)], cwd=REPO,
+                              env=prefect_server.env, capture_output=True, text=True)
+        assert proc.returncode == 4, proc.stderr
+        assert "NOTHING KEPT" in proc.stdout and "bad" in proc.stdout and "schema." in proc.stdout
+        assert (tmp_path / "run" / "report" / "report.html").is_file()
+        assert not (tmp_path / "run" / "manifest.json").exists() and not (tmp_path / "run" / "model").exists()

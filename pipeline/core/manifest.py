@@ -23,6 +23,11 @@ class ManifestError(RuntimeError):
     """The run directory has no (readable, current) manifest.json: it is incomplete."""
 
 
+class NothingKept(ManifestError):
+    """The curation kept no conversation, so there is no shard to describe (a run outcome: the
+    report says which sources lost everything and why)."""
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (shards can be large)."""
     h = hashlib.sha256()
@@ -48,7 +53,7 @@ def build_manifest(run_dir: str | Path, cfg: Any, counts: dict) -> dict[str, Any
             "sha256": sha256_file(path),
         })
     if not shards:
-        raise ManifestError(f"{rd.shards} holds no shard: run the tokenize stage before writing the manifest")
+        raise NothingKept(f"{rd.shards} holds no shard: the curation kept no conversation")
     return {
         "schema_version": SCHEMA_VERSION,
         "name": cfg.name,
