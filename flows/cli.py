@@ -104,19 +104,28 @@ def _claim_output(cfg: Any, stack: contextlib.ExitStack, command: str) -> Path:
 
 
 def _with_server(stack: contextlib.ExitStack) -> None:
-    """A Prefect API for the flow: the one PREFECT_API_URL names, else a local server of ours that dies
-    with this process (flows.procs), started before prefect is imported so its settings point at it."""
+    """A Prefect API for the flow: the one PREFECT_API_URL names, else the background server of
+    `sftforge server start`, else a local server of ours that dies with this process (flows.procs).
+    Its URL is set before prefect is imported (its settings are read at import), and the flow's
+    modules are imported while it boots."""
     if os.environ.get("PREFECT_API_URL"):
         return
-    from flows.procs import local_prefect_server
+    from flows.procs import local_prefect_server, running_server
 
-    url = stack.enter_context(local_prefect_server())
-    os.environ["PREFECT_API_URL"] = url
-    stack.callback(os.environ.pop, "PREFECT_API_URL", None)
-    if "prefect" in sys.modules:  # imported earlier in this process (tests): override its settings too
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+    def point_at(url: str) -> None:
+        os.environ["PREFECT_API_URL"] = url
+        stack.callback(os.environ.pop, "PREFECT_API_URL", None)
+        if "prefect" in sys.modules:  # imported earlier in this process (tests): override its settings too
+            from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        import flows.curate  # noqa: F401 - the heavy imports (prefect, polars), while the server boots
+
+    url = running_server()  # `sftforge server start` left one for this PREFECT_HOME: seconds, not tens
+    if url is not None:
+        point_at(url)
+    else:
+        stack.enter_context(local_prefect_server(while_starting=point_at))
 
 
 def _run_flow(flow_name: str, args: argparse.Namespace) -> int:
@@ -248,6 +257,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_server(args: argparse.Namespace) -> int:
+    from flows.procs import running_server, start_background_server, stop_background_server
+
+    if args.action == "start":
+        url, pid, new = start_background_server()
+        print(f"{'started' if new else 'already running'}: a local Prefect server at {url} (pid {pid}); "
+              "sftforge commands with this PREFECT_HOME use it. Stop it with: sftforge server stop")
+    elif args.action == "stop":
+        pid = stop_background_server()
+        print(f"stopped the local Prefect server (pid {pid})" if pid else "no local Prefect server was running")
+    else:
+        url = running_server()
+        print(f"running at {url}" if url else "not running (sftforge server start)")
+        return 0 if url else 1
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from schemas.explain import as_markdown, as_text, explain, write_readme
 
@@ -289,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("--config", default=None, help="rebuild the report from the run directory with this config")
     with_set(sp)
+    sp = sub.add_parser("server", help="a local Prefect server kept between commands (start-up in seconds)")
+    sp.add_argument("action", choices=("start", "stop", "status"))
     sp = sub.add_parser("config", help="describe the configuration: every key, its type, default and bounds")
     csub = sp.add_subparsers(dest="config_command", required=True)
     ex = csub.add_parser("explain", help="every key of the run config (or of one section)")
@@ -310,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("curate", "run"):
             return _run_flow(args.command, args)
-        return {"report": _cmd_report, "train": _cmd_train, "serve": _cmd_serve, "config": _cmd_config}[args.command](args)
+        return {"report": _cmd_report, "train": _cmd_train, "serve": _cmd_serve, "config": _cmd_config,
+                "server": _cmd_server}[args.command](args)
     except (UserError, ConfigError) as e:
         print(f"sftforge: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -3,6 +3,7 @@ the trainer launcher streams output and fails loudly."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_nothing_kept_is_an_outcome_with_a_report_and_exit_4(tmp_path: Path, pre
     """Every record of every source fails: the report is still written and says where they went;
     no manifest (nothing to train on); the CLI exits 4 naming the sources and reasons."""
     src = tmp_path / "bad.jsonl"
-    src.write_text("".join('{"instruction": "q%d", "output": ""}\n' % i for i in range(5)) + "not json\n")
+    src.write_text("".join(f'{{"instruction": "q{i}", "output": ""}}\n' for i in range(5)) + "not json\n")
     cfg = write_config(tmp_path / "c.toml", [{"name": "bad", "path": str(src), "format": "alpaca", "tier": "expert"}],
                        tmp_path / "run")
     for command in ("curate", "run"):
@@ -119,3 +120,32 @@ def test_nothing_kept_is_an_outcome_with_a_report_and_exit_4(tmp_path: Path, pre
         assert "NOTHING KEPT" in proc.stdout and "bad" in proc.stdout and "schema." in proc.stdout
         assert (tmp_path / "run" / "report" / "report.html").is_file()
         assert not (tmp_path / "run" / "manifest.json").exists() and not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.slow
+def test_server_start_is_reused_by_later_commands_and_stops(tmp_path: Path, tiny_sources: TinySources) -> None:
+    """`sftforge server start` leaves a server for this PREFECT_HOME; curate uses it (its flow run is
+    on that server) instead of starting its own; `server stop` ends it."""
+    import httpx
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=REPO, env=env, capture_output=True,
+                              text=True)
+
+    started = cli("server", "start")
+    assert started.returncode == 0 and "started" in started.stdout, started.stderr
+    url = started.stdout.split(" at ")[1].split(" ")[0]
+    try:
+        assert "already running" in cli("server", "start").stdout
+        cfg = write_config(tmp_path / "c.toml", tiny_sources.sources, tmp_path / "run", sections={"train": {"enabled": False}})
+        run = cli("curate", str(cfg))
+        assert run.returncode == 0, run.stderr
+        runs = httpx.post(f"{url}/flow_runs/filter", json={}).json()
+        assert any(r["state_type"] == "COMPLETED" for r in runs)
+    finally:
+        stopped = cli("server", "stop")
+    assert "stopped" in stopped.stdout
+    assert cli("server", "status").returncode == 1
