@@ -64,9 +64,20 @@ def origin_of(key: str) -> str:
 
 def naive_baseline(path: Path, limit: int) -> tuple[int, float]:
     """What one writes without a streaming reader: json.loads, the pydantic Conversation model, frame from dicts."""
-    import polars as pl
+    from typing import Literal
 
-    from schemas.conversation import Conversation
+    import polars as pl
+    from pydantic import BaseModel, Field
+
+    class Message(BaseModel):  # the model a user would write for the canonical form
+        role: Literal["system", "user", "assistant"]
+        content: str = Field(min_length=1)
+
+    class Conversation(BaseModel):
+        origin: str
+        source: str
+        tier: Literal["expert", "crowdsourced", "synthetic"]
+        messages: list[Message] = Field(min_length=2)
 
     t0 = time.perf_counter()
     rows, n = [], 0

@@ -61,11 +61,10 @@ def timed(label: str, fn, *args, **kwargs):
 
 def curate(cfg: RunConfig, run_dir: Path) -> int:
     """Every curation stage in process (what flows/curate.py chains), returning records read."""
-    from pipeline.render.encode import run_encode
-    from pipeline.render.pack import run_pack
-
     from pipeline.ingest.stage import ingest_source
     from pipeline.mix.stage import run_mix
+    from pipeline.render.encode import run_encode
+    from pipeline.render.pack import run_pack
 
     t0 = time.perf_counter()
     ingest = [ingest_source(s, run_dir) for s in cfg.sources]

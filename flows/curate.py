@@ -83,9 +83,12 @@ def ingest_task(source: SourceConfig, run_dir: str, key: str) -> dict[str, Any]:
 
     stats = as_json(ingest_source(source, Path(run_dir)))
     record_outputs(run_dir, "ingest", key, source.name)
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "%s: read %s, kept %s, quarantined %s", source.name, stats.get("read"), stats.get("kept"), stats.get("quarantined")
     )
+    for warning in stats.get("warnings") or []:  # files not read, empty sources: in the run's log too
+        logger.warning(warning)
     return stats
 
 

@@ -78,11 +78,18 @@ def parse(model: type[BaseModel], value: Any) -> Any:
         raise validation_error(e) from None
 
 
+def without_nul(text: str) -> str:
+    """Text with every U+0000 removed (decoded from an escaped \\u0000, or inside a parquet string)."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
 def finish(messages: Messages) -> Messages:
-    """Canonical text per turn and the turn-order rules; raises RecordError with the schema.* code."""
+    """Canonical text per turn and the turn-order rules; raises RecordError with the schema.* code.
+
+    NUL characters are removed first, so a turn that held nothing else is empty."""
     out = []
     for i, m in enumerate(messages):
-        text = canonical_text(m["content"])
+        text = canonical_text(without_nul(m["content"]))
         if not text:
             raise RecordError("schema.empty_content", f"turn {i} ({m['role']}): content is empty or whitespace only")
         out.append({"role": m["role"], "content": text})
@@ -95,7 +102,7 @@ def finish(messages: Messages) -> Messages:
 
 def _require_text(value: str, field: str) -> str:
     """Named check for the fields a single-turn format needs (finish would only name the turn)."""
-    if not canonical_text(value):
+    if not canonical_text(without_nul(value)):
         raise RecordError("schema.empty_content", f"field '{field}' is empty or whitespace only")
     return value
 

@@ -9,11 +9,16 @@ OASST tree assembly in pipeline.ingest.oasst) and writes
     ledger/ingest-<source>.parquet           one row per quarantined or dropped record
 
 A failing record never stops the run; a source that cannot be read at all raises SourceError.
+
+A directory source reads every data file under it, each in its own format (detected from that file's
+first records unless the source sets `format`); the files it cannot read are listed in the stats
+(`files_not_read`) and warned about, as is a source or file that holds no record at all.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,10 +30,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.ledger import LedgerImbalance, ledger_rows, write_ledger_part
-from pipeline.core.rundir import RunDir, atomic_write_json, atomic_write_table
+from pipeline.core.rundir import atomic_write_json, atomic_write_table, claim_run_dir
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
-from pipeline.ingest.files import RawItem, RecordError, SourceError, data_files, iter_file, to_json_text
-from pipeline.ingest.formats import TRANSFORMS, detect_format
+from pipeline.ingest.files import (
+    Limits,
+    RawItem,
+    RecordError,
+    SourceError,
+    iter_file,
+    list_source,
+    to_json_text,
+)
+from pipeline.ingest.formats import TRANSFORMS, detect_format, without_nul
 from pipeline.ingest.oasst import assemble
 from schemas.config_sources import SourceConfig
 from schemas.conversation import conversation_id
@@ -43,6 +56,8 @@ PART_SCHEMA = pa.schema(
 QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in ("origin", "source", "tier", "reason", "errors", "raw")])
 #: How many records are read looking for one that reveals the format.
 DETECT_WINDOW = 1000
+
+log = logging.getLogger(__name__)
 
 
 def _raw_text(raw: Any) -> str:
@@ -82,8 +97,8 @@ class _PartWriter:
             self.contents.append(m["content"])
             self.chars += len(m["content"])
         self.offsets.append(len(self.roles))
-        c["category"].append(category)
-        c["original_id"].append(original_id)
+        c["category"].append(without_nul(category) if category else category)
+        c["original_id"].append(without_nul(original_id) if original_id else original_id)
         # Also bounded by text size: chunk_rows of very long conversations must not fill memory.
         if len(c["origin"]) >= self.chunk_rows or self.chars >= self.chunk_chars:
             self.flush()
@@ -171,12 +186,68 @@ class _Rejects:
         return rows.height
 
 
-def _located_items(files: list[Path], root: Path) -> Iterator[tuple[str, RawItem]]:
-    """(origin prefix, item) for every record of every file; a directory source names the file in origins."""
+def _located_items(files: list[Path], root: Path, limits: Limits, notes: list[str],
+                   counts: dict[Path, int]) -> Iterator[tuple[str, RawItem]]:
+    """(origin prefix, item) for every record of every file; a directory source names the file in origins.
+
+    `counts` gets how many records each file held, once the file is read through."""
     for f in files:
         prefix = "" if f == root else f"{f.relative_to(root).as_posix()}:"
-        for item in iter_file(f):
+        n = 0
+        for item in iter_file(f, limits=limits, notes=notes):
+            n += 1
             yield prefix, item
+        counts[f] = n
+
+
+def _detect(path: Path, limits: Limits) -> tuple[str | None, int]:
+    """The format the first decodable records of one file reveal (or None), and how many were looked at."""
+    items = iter_file(path, limits=limits, notes=[])
+    seen = 0
+    try:
+        for item in itertools.islice(items, DETECT_WINDOW):  # stops at the first record that tells
+            seen += 1
+            if item.error is None and (fmt := detect_format(item.value)):
+                return fmt, seen
+    finally:
+        items.close()
+    return None, seen
+
+
+def _detect_in(head: list[RawItem]) -> tuple[str | None, int]:
+    fmt = next((f for item in head if item.error is None and (f := detect_format(item.value))), None)
+    return fmt, len(head)
+
+
+def _cannot_tell(source: SourceConfig, where: Path) -> SourceError:
+    return SourceError(
+        f"{where}: cannot tell the format of source {source.name!r} from its first records; "
+        "set format = \"alpaca\" | \"dolly\" | \"sharegpt\" | \"openai\" | \"oasst\" | \"prompt_completion\" | \"flan\" "
+        "in its [[sources]] entry"
+    )
+
+
+def file_formats(source: SourceConfig, files: list[Path], limits: Limits, warnings: list[str],
+                 found: dict[Path, tuple[str | None, int]] | None = None) -> dict[Path, str | None]:
+    """Each file's format: the configured one, else detected per file (None: the file holds no record).
+
+    A file of a directory whose records reveal none is read in the format of the directory's first
+    file that does, with a warning; a source where no file reveals one is a SourceError. `found`:
+    detections already made ({file: (format, records looked at)})."""
+    if source.format:
+        return dict.fromkeys(files, source.format)
+    found = found or {f: _detect(f, limits) for f in files}
+    known = next(((f, fmt) for f, (fmt, _) in found.items() if fmt), None)
+    out: dict[Path, str | None] = {}
+    for f, (fmt, seen) in found.items():
+        if fmt is None and seen:
+            if known is None:
+                raise _cannot_tell(source, source.path if len(files) == 1 else f)
+            fmt = known[1]
+            warnings.append(f"source {source.name}: cannot tell the format of {f} from its first records; read as "
+                            f"{fmt}, like {known[0].name} (set format in its [[sources]] entry to choose)")
+        out[f] = fmt
+    return out
 
 
 def resolve_format(source: SourceConfig, peek: list[RawItem] | None = None) -> str:
@@ -184,16 +255,16 @@ def resolve_format(source: SourceConfig, peek: list[RawItem] | None = None) -> s
     if source.format:
         return source.format
     if peek is None:
-        peek = [item for _, item in itertools.islice(_located_items(data_files(source.path), source.path),
-                                                     DETECT_WINDOW)]
+        limits = Limits(max_record_bytes=source.max_record_bytes)
+        formats = file_formats(source, list_source(Path(source.path))[0], limits, [])
+        fmt = next((f for f in formats.values() if f), None)
+        if fmt:
+            return fmt
+        raise _cannot_tell(source, Path(source.path))
     for item in peek:
         if item.error is None and (fmt := detect_format(item.value)):
             return fmt
-    raise SourceError(
-        f"{source.path}: cannot tell the format of source {source.name!r} from its first records; "
-        "set format = \"alpaca\" | \"dolly\" | \"sharegpt\" | \"openai\" | \"oasst\" | \"prompt_completion\" | \"flan\" "
-        "in its [[sources]] entry"
-    )
+    raise _cannot_tell(source, Path(source.path))
 
 
 def _convert(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfig, parts: _PartWriter,
@@ -228,19 +299,40 @@ def _convert(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfi
     return read
 
 
+def _not_read_warning(source: SourceConfig, not_read: list[dict[str, str]]) -> str:
+    root = Path(source.path)
+    names = [Path(f["path"]).relative_to(root).as_posix() for f in not_read]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return (f"source {source.name}: {len(names)} file(s) under {root} not read (files_not_read says why): "
+            f"{shown}")
+
+
 def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000) -> dict:
     """Read one source into the run directory; return its stats (see module docstring for outputs).
 
-    Stats: source, tier, format, read, kept, quarantined, dropped, reasons {code: n}, parts [paths],
-    seconds. read == kept + quarantined + dropped is checked here (LedgerImbalance otherwise).
+    Stats: source, tier, format ("mixed" when a directory's files differ), file_formats {file: format},
+    files, files_not_read [{path, reason}], warnings [sentences, also logged], read, kept, quarantined,
+    dropped, reasons {code: n}, parts [paths], seconds. read == kept + quarantined + dropped is checked
+    here (LedgerImbalance otherwise).
     """
     t0 = time.perf_counter()
-    rd = RunDir.of(run_dir)
-    files = data_files(Path(source.path))
-    items = _located_items(files, Path(source.path))
-    head = list(itertools.islice(items, DETECT_WINDOW))
-    fmt = resolve_format(source, [item for _, item in head])
-    items = itertools.chain(head, items)
+    rd = claim_run_dir(run_dir)
+    root = Path(source.path)
+    files, not_read = list_source(root)
+    limits = Limits(max_record_bytes=source.max_record_bytes)
+    warnings: list[str] = [_not_read_warning(source, not_read)] if not_read else []
+    notes: list[str] = []
+    counts: dict[Path, int] = dict.fromkeys(files, 0)
+    # One file: its first records tell the format and are read once (the stream goes on after them).
+    single = _located_items(files, root, limits, notes, counts) if len(files) == 1 and not source.format else None
+    try:
+        head = list(itertools.islice(single, DETECT_WINDOW)) if single else []
+        found = {files[0]: _detect_in([item for _, item in head])} if single else None
+        formats = file_formats(source, files, limits, warnings, found)
+    except BaseException:
+        if single:
+            single.close()
+        raise
 
     out_dir = rd.stage_dir("ingest") / source.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,8 +340,20 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         stale.unlink()
     parts = _PartWriter(out_dir, source, chunk_rows)
     rejects = _Rejects(rd.quarantine / f"{source.name}.parquet", source)
+    read = 0
     try:
-        read = _convert(items, fmt, source, parts, rejects)
+        if single:
+            if formats[files[0]]:
+                read += _convert(itertools.chain(head, single), formats[files[0]], source, parts, rejects)
+        else:
+            # OASST trees may span files, so all OASST files are assembled together, after the others.
+            for f in files:
+                if formats[f] is not None and formats[f] != "oasst":
+                    read += _convert(_located_items([f], root, limits, notes, counts), formats[f], source, parts,
+                                     rejects)
+            oasst = [f for f in files if formats[f] == "oasst"]
+            if oasst:
+                read += _convert(_located_items(oasst, root, limits, notes, counts), "oasst", source, parts, rejects)
     except BaseException:
         rejects.abort()  # e.g. a later file of a directory is unreadable: leave no half-written quarantine
         raise
@@ -259,12 +363,24 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
     if read != parts.rows_written + ledger_written:
         raise LedgerImbalance(f"ingest {source.name}: read {read} records but wrote {parts.rows_written} kept + "
                               f"{ledger_written} ledger rows")
+    warnings += [f"source {source.name}: {n}" for n in notes]
+    if not sum(counts.values()):
+        warnings.append(f"source {source.name}: no records read from {root}")
+    if len(files) > 1:
+        warnings += [f"source {source.name}: no records read from {f}" for f in files if not counts[f]]
+    for w in warnings:
+        log.warning(w)
+    used = {fmt for fmt in formats.values() if fmt}
     name, kept = source.name, parts.rows_written
     stats = {
+        "stage": "ingest",
         "source": name,
         "tier": str(source.tier.value),
-        "format": fmt,
+        "format": used.pop() if len(used) == 1 else "mixed" if used else source.format,
+        "file_formats": {(f.relative_to(root).as_posix() if f != root else f.name): fmt for f, fmt in formats.items()},
         "files": [str(f) for f in files],
+        "files_not_read": not_read,
+        "warnings": warnings,
         "read": read,
         "kept": kept,
         "quarantined": rejects.quarantined,
@@ -272,6 +388,9 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         "reasons": dict(sorted(rejects.reasons.items())),
         "parts": [str(p) for p in parts.parts],
         "seconds": round(time.perf_counter() - t0, 3),
+        # the common fields of a stage result (pipeline.core.stage), for the report and the flow log
+        "records_in": read,
+        "records_out": kept,
     }
     atomic_write_json(out_dir / "stats.json", stats)
     return stats
