@@ -71,15 +71,19 @@ def _console_without_tracebacks() -> None:
                 h.setFormatter(_NoTraceback(h.formatter or logging.Formatter()))
 
 
-def _config(path: str, overrides: list[str]) -> Any:
+def _config(path: str, overrides: list[str], preflight: bool = True) -> Any:
+    """The validated config; with `preflight`, also every problem of its inputs and output folder
+    (flows.preflight), all at once, before any server starts."""
     from schemas.config import load_config
 
     cfg = load_config(path, overrides)
-    missing = [f"source {s.name!r}: {s.path} does not exist" for s in cfg.sources if not Path(s.path).exists()]
-    if cfg.tokenizer.path is not None and not Path(cfg.tokenizer.path).exists():
-        missing.append(f"tokenizer.path: {cfg.tokenizer.path} does not exist")
-    if missing:
-        raise UserError(f"{path}: " + "; ".join(missing))
+    if preflight:
+        from flows.preflight import preflight as check
+
+        problems = check(cfg)
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
+            raise UserError(f"{path}: {len(problems)} problem(s) found before starting:\n{lines}")
     if cfg.gate.enabled and cfg.gate.require_approval and not os.environ.get("PREFECT_API_URL"):
         raise UserError(
             f"{path}: gate.require_approval needs a Prefect server a person can reach: start one "
@@ -218,7 +222,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = str(target)
     elif not target.is_dir():
         raise UserError(f"{target}: neither a config file nor a run directory")
-    cfg = _config(config, args.set) if config else None
+    cfg = _config(config, args.set, preflight=False) if config else None
     run_dir = Path(cfg.output_dir) if cfg is not None and target.is_file() else target
     from flows.procs import parent_death_signal
     from pipeline.core.rundir import RunDirError, require_run_dir, run_lock
@@ -255,6 +259,89 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve_deployments(config=args.config, overrides=args.set, cron=args.cron)
     return 0
+
+
+def _marked(text: str, spans: list[tuple[int, int]], tty: bool) -> str:
+    """`text` with the supervised spans marked: green on a terminal, else between [[ and ]]."""
+    out, last = [], 0
+    for a, b in sorted(spans):
+        out.append(text[last:a])
+        out.append(f"\x1b[32m{text[a:b]}\x1b[0m" if tty else f"[[{text[a:b]}]]")
+        last = b
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    """How each source will be read: formats per file, the first records as canonical conversations,
+    fields not read, errors; with --render the rendered text with the supervised part marked."""
+    from pipeline.ingest.files import SourceError
+    from pipeline.ingest.inspect import inspect_source
+
+    cfg = _config(args.config, args.set, preflight=False)
+    sources = [s for s in cfg.sources if args.source in (None, s.name)]
+    if not sources:
+        raise UserError(f"no source {args.source!r} in {args.config}; the sources are: "
+                        + ", ".join(s.name for s in cfg.sources))
+    tty = sys.stdout.isatty()
+    render = _renderer(cfg) if args.render else None
+    for s in sources:
+        print(f"== source {s.name} ({s.tier}) {s.path}")
+        try:
+            ins = inspect_source(s, args.n)
+        except SourceError as e:
+            print(f"   cannot be read: {e}")
+            continue
+        for f, fmt in ins.files.items():
+            print(f"   file {f}: format {fmt or '(no records)'}")
+        for nr in ins.files_not_read:
+            print(f"   not read: {nr['path']} ({nr['reason']})")
+        for w in ins.warnings:
+            print(f"   warning: {w}")
+        if ins.not_read_counts:
+            print("   fields not read: " + ", ".join(f"{k} (in {v} of these records)" for k, v in ins.not_read_counts.items()))
+        for r in ins.records:
+            print(f"-- {r.origin}: {r.outcome}" + (f" as {r.reason}: {r.detail}" if r.reason else ""))
+            if r.not_read:
+                print(f"   fields not read: {', '.join(r.not_read)}")
+            for m in r.messages or []:
+                text = m["content"] if len(m["content"]) <= 400 else m["content"][:400] + " …"
+                print(f"   {m['role']:>9}: {text}")
+            if render is not None and r.outcome == "kept" and len(r.messages or []) >= 2:
+                print(render(r.messages, tty))
+    return 0
+
+
+def _renderer(cfg: Any) -> Any:
+    """A function showing a conversation as the run will train on it: the rendered text with the
+    supervised part marked, and its token count when the tokenizer is known already."""
+    from pipeline.render.encode import mask_options, template_of
+    from pipeline.render.masks import target_turns
+    from pipeline.render.templates import TemplateError
+
+    template = template_of(cfg)
+    tok = None
+    for cand in (cfg.tokenizer.path, Path(cfg.output_dir) / "tokenizer"):
+        if cand is not None and (Path(cand) / "tokenizer.json" if Path(cand).is_dir() else Path(cand)).exists():
+            from pipeline.render.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(cand)
+            break
+    opts = mask_options(cfg)
+
+    def show(messages: list[dict[str, str]], tty: bool) -> str:
+        try:
+            rendered = template.render(messages)
+        except TemplateError as e:
+            return f"   (the template refuses it: tokenize.template_error: {e})"
+        spans = [(t.start, t.end) for t in target_turns(rendered.turns, opts)]
+        tokens = (f"{len(tok.encode(rendered.text, add_special_tokens=False).ids)} tokens"
+                  if tok is not None else "tokens: the tokenizer is trained at curate time")
+        body = _marked(rendered.text, spans, tty)
+        return f"   rendered with {template.name} ({tokens}; supervised part marked):\n" + "\n".join(
+            f"   | {line}" for line in body.splitlines())
+
+    return show
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
@@ -315,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("--config", default=None, help="rebuild the report from the run directory with this config")
     with_set(sp)
+    sp = sub.add_parser("inspect", help="how the sources will be read: formats, first records, fields not read")
+    sp.add_argument("config")
+    sp.add_argument("--source", default=None, help="only this source")
+    sp.add_argument("-n", type=int, default=3, help="records shown per file (default 3)")
+    sp.add_argument("--render", action="store_true", help="also the rendered text, supervised part marked")
+    with_set(sp)
     sp = sub.add_parser("server", help="a local Prefect server kept between commands (start-up in seconds)")
     sp.add_argument("action", choices=("start", "stop", "status"))
     sp = sub.add_parser("config", help="describe the configuration: every key, its type, default and bounds")
@@ -339,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("curate", "run"):
             return _run_flow(args.command, args)
         return {"report": _cmd_report, "train": _cmd_train, "serve": _cmd_serve, "config": _cmd_config,
-                "server": _cmd_server}[args.command](args)
+                "server": _cmd_server, "inspect": _cmd_inspect}[args.command](args)
     except (UserError, ConfigError) as e:
         print(f"sftforge: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -38,7 +38,7 @@ def test_missing_and_invalid_configs_are_one_clear_line(tmp_path: Path, capsys: 
     missing = [{**tiny_sources.sources[0], "path": str(tmp_path / "gone.jsonl")}]
     cfg = write_config(tmp_path / "missing.toml", missing, tmp_path / "run")
     err = _err(capsys, ["curate", str(cfg)])
-    assert f"source 'expert_chat': {tmp_path / 'gone.jsonl'} does not exist" in err
+    assert f"source 'expert_chat': {tmp_path / 'gone.jsonl'}: source path does not exist" in err
 
 
 def test_gate_and_serve_need_a_server(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -149,3 +149,72 @@ def test_server_start_is_reused_by_later_commands_and_stops(tmp_path: Path, tiny
         stopped = cli("server", "stop")
     assert "stopped" in stopped.stdout
     assert cli("server", "status").returncode == 1
+
+
+def test_preflight_reports_every_input_problem_once_before_any_server(tmp_path: Path, tiny_sources: TinySources,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each kind of input error: exit 2, one line per problem naming the file, and no server started."""
+    import flows.procs
+
+    def no_server(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("a Prefect server was started before the inputs were checked")
+
+    monkeypatch.setattr(flows.procs, "local_prefect_server", no_server)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    (tmp_path / "data.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"foo": 1}\n{"bar": 2}\n')
+    bad_jinja = tmp_path / "t.jinja"
+    bad_jinja.write_text("{% for m in messages %}{{ m.content }")
+    sources = [
+        {"name": "csv", "path": str(tmp_path / "notes.csv"), "tier": "expert"},
+        {"name": "empty", "path": str(tmp_path / "empty"), "tier": "expert"},
+        {"name": "odd", "path": str(odd), "tier": "expert"},
+        tiny_sources.sources[0],
+    ]
+    cfg = write_config(tmp_path / "c.toml", sources, tmp_path / "out", sections={"template": {"name": str(bad_jinja)}})
+    with cfg.open("a") as f:
+        f.write(f'\n[[quality.contamination.benchmarks]]\nname = "mmlu"\npath = "{tmp_path / "mmlu.jsonl"}"\n'
+                'field = "question"\n')
+    err = _err(capsys, ["curate", str(cfg)])
+    lines = [ln for ln in err.splitlines() if ln.startswith("  - ")]
+    assert len(lines) == 5 and len(set(lines)) == 5, err
+    assert any("notes.csv" in ln and "unsupported file type" in ln for ln in lines)
+    assert any("empty" in ln and "no .jsonl" in ln for ln in lines)
+    assert any("odd.jsonl" in ln and "cannot tell the format" in ln for ln in lines)
+    assert any("mmlu" in ln and "is not a file" in ln for ln in lines)
+    assert any(ln.startswith(f"  - template.name = '{bad_jinja}'") for ln in lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_shows_formats_records_unread_fields_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    """`sftforge inspect` on every format: the detected format per file, the canonical messages, a
+    field the reader ignores, a record that would be quarantined, and --render's supervised mark."""
+    import json
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "alpaca.jsonl").write_text(json.dumps({"instruction": "Add 2 and 2.", "input": "", "output": "4",
+                                                "history": [["hi", "hello"]]}) + "\n" + '{"instruction": 3}\n')
+    (d / "dolly.jsonl").write_text(json.dumps({"instruction": "Name a fruit.", "context": "", "response": "Apple",
+                                               "category": "open_qa"}) + "\n")
+    (d / "sharegpt.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "Hi"},
+                                                                    {"from": "gpt", "value": "Hello!"}]}]))
+    (d / "openai.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Q?"},
+                                                             {"role": "assistant", "content": "A."}]}) + "\n")
+    (d / "pc.jsonl").write_text(json.dumps({"prompt": "Say yes.", "completion": "yes"}) + "\n")
+    (d / "oasst.jsonl").write_text(json.dumps({"message_id": "a", "parent_id": None, "text": "Why?", "role": "prompter",
+                                               "lang": "en", "deleted": False, "review_result": True}) + "\n")
+    cfg = write_config(tmp_path / "c.toml", [{"name": "mixed", "path": str(d), "tier": "expert"}], tmp_path / "out")
+    assert main(["inspect", str(cfg), "-n", "2", "--render"]) == 0
+    out = capsys.readouterr().out
+    for fmt in ("alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "oasst"):
+        assert f": format {fmt}" in out, fmt
+    assert "fields not read: history" in out  # the multi-turn history an alpaca reader ignores
+    assert "quarantined as schema.wrong_type" in out or "quarantined as schema.missing_field" in out
+    assert "[[4<|im_end|>]]" in out  # the supervised part of the rendered alpaca record
+    assert not (tmp_path / "out").exists()  # inspect writes nothing
