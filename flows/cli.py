@@ -344,6 +344,45 @@ def _renderer(cfg: Any) -> Any:
     return show
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    """A starter config for the given files or folders: one source each, format detected, tier to fill in."""
+    import re
+
+    from pipeline.ingest.files import Limits, SourceError, list_source
+    from pipeline.ingest.stage import file_formats
+    from schemas.config_sources import SourceConfig
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; choose another --output or add --force")
+    lines = [f'name = "{args.name}"', f'output_dir = "data/processed/{args.name}"', ""]
+    problems = []
+    for i, path in enumerate(args.files):
+        name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", Path(path).name.split(".")[0]) or f"source{i}"
+        src = SourceConfig(name=name, path=Path(path), tier="crowdsourced")
+        try:
+            files, not_read = list_source(Path(path))
+            formats = {f for f in file_formats(src, files, Limits(), []).values() if f}
+        except SourceError as e:
+            problems.append(str(e))
+            continue
+        fmt = formats.pop() if len(formats) == 1 else None
+        lines += ["[[sources]]", f'name = "{name}"', f'path = "{path}"']
+        lines.append(f'format = "{fmt}"' if fmt else "# format: detected per file (they differ)")
+        lines += ['tier = "crowdsourced"  # TODO: expert | crowdsourced | synthetic (dedup keeps the higher tier)']
+        if not_read:
+            lines.append(f"# {len(not_read)} file(s) here are not read: " + ", ".join(Path(n['path']).name for n in not_read[:5]))
+        lines.append("")
+    if problems:
+        raise UserError("cannot read: " + "; ".join(problems))
+    lines += ["[template]", 'name = "chatml"  # or llama2 | llama3 | alpaca | a tokenizer dir | a .jinja file', "",
+              "[pack]", "max_seq_len = 2048", "",
+              "# every other key: sftforge config explain", ""]
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}: {len(args.files)} source(s); set each tier, then: sftforge inspect {out}")
+    return 0
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     from flows.procs import running_server, start_background_server, stop_background_server
 
@@ -408,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=3, help="records shown per file (default 3)")
     sp.add_argument("--render", action="store_true", help="also the rendered text, supervised part marked")
     with_set(sp)
+    sp = sub.add_parser("init", help="write a starter config for some data files (formats detected)")
+    sp.add_argument("files", nargs="+", help="data files or folders, one source each")
+    sp.add_argument("--output", "-o", default="sftforge.toml", help="the config to write (default sftforge.toml)")
+    sp.add_argument("--name", default="run", help="the run name")
+    sp.add_argument("--force", action="store_true", help="overwrite --output")
     sp = sub.add_parser("server", help="a local Prefect server kept between commands (start-up in seconds)")
     sp.add_argument("action", choices=("start", "stop", "status"))
     sp = sub.add_parser("config", help="describe the configuration: every key, its type, default and bounds")
@@ -432,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("curate", "run"):
             return _run_flow(args.command, args)
         return {"report": _cmd_report, "train": _cmd_train, "serve": _cmd_serve, "config": _cmd_config,
-                "server": _cmd_server, "inspect": _cmd_inspect}[args.command](args)
+                "server": _cmd_server, "inspect": _cmd_inspect,
+                "init": _cmd_init}[args.command](args)
     except (UserError, ConfigError) as e:
         print(f"sftforge: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -218,3 +218,18 @@ def test_inspect_shows_formats_records_unread_fields_and_errors(tmp_path: Path, 
     assert "quarantined as schema.wrong_type" in out or "quarantined as schema.missing_field" in out
     assert "[[4<|im_end|>]]" in out  # the supervised part of the rendered alpaca record
     assert not (tmp_path / "out").exists()  # inspect writes nothing
+
+
+def test_init_writes_a_starter_config_that_loads(tmp_path: Path, tiny_sources: TinySources,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from schemas.config import load_config
+
+    paths = [s["path"] for s in tiny_sources.sources]
+    out = tmp_path / "start.toml"
+    assert main(["init", *paths, "-o", str(out)]) == 0
+    cfg = load_config(out, [])
+    assert [str(s.path) for s in cfg.sources] == paths
+    assert [s.format for s in cfg.sources] == ["openai", "sharegpt", "alpaca"]  # each detected from its file
+    assert "TODO" in out.read_text()
+    assert main(["init", *paths, "-o", str(out)]) == 2  # never overwrites without --force
+    assert "exists" in capsys.readouterr().err
