@@ -29,6 +29,8 @@ def _prefect_env() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # the stages log (progress, warnings) through the standard "pipeline" logger: show it with the run's
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 
 
 def _start_client() -> None:

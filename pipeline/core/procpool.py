@@ -46,11 +46,23 @@ def die_with_parent() -> None:
     _set_pdeathsig(signal.SIGTERM, os.getppid())
 
 
-def pool_map(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int) -> list[Any]:
-    """[fn(t) for t in tasks], in order, over up to `workers` processes."""
-    if workers <= 1 or len(tasks) <= 1 or multiprocessing.current_process().daemon:
-        return [fn(t) for t in tasks]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                             initializer=die_with_parent) as ex:
-        return list(ex.map(fn, tasks))
+def pool_map(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int, what: str | None = None) -> list[Any]:
+    """[fn(t) for t in tasks], in order, over up to `workers` processes; `what` names the work in
+    progress lines (pipeline.core.progress)."""
+    from pipeline.core.progress import Progress
+
+    with Progress(what or getattr(fn, "__qualname__", "tasks"), total=len(tasks), unit="tasks") as progress:
+        if workers <= 1 or len(tasks) <= 1 or multiprocessing.current_process().daemon:
+            out = []
+            for t in tasks:
+                out.append(fn(t))
+                progress.update()
+            return out
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
+                                 initializer=die_with_parent) as ex:
+            out = []
+            for r in ex.map(fn, tasks):
+                out.append(r)
+                progress.update()
+            return out

@@ -32,7 +32,7 @@ def signatures(texts: pl.Series, cfg: DedupConfig) -> np.ndarray:
     # worth spreading over processes.
     step = max(cfg.batch_rows, -(-n // cfg.workers))
     chunks = [texts.slice(s, step) for s in range(0, n, step)]
-    parts = pool_map(_sig_worker, [(c.to_list(), kw) for c in chunks], cfg.workers)
+    parts = pool_map(_sig_worker, [(c.to_list(), kw) for c in chunks], cfg.workers, what="dedup: MinHash signatures")
     return np.vstack(parts)
 
 

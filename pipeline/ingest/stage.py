@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.ledger import LedgerImbalance, ledger_rows, write_ledger_part
+from pipeline.core.progress import Progress
 from pipeline.core.rundir import atomic_write_json, atomic_write_table, claim_run_dir
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
 from pipeline.ingest.files import (
@@ -270,11 +271,19 @@ def resolve_format(source: SourceConfig, peek: list[RawItem] | None = None) -> s
 def _convert(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfig, parts: _PartWriter,
              rejects: _Rejects) -> int:
     """Send every record to the kept parts or to the rejects; return how many records were read."""
+    with Progress(f"ingest {source.name}", unit="records read") as progress:
+        read = _convert_all(items, fmt, source, parts, rejects, progress)
+    return read
+
+
+def _convert_all(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfig, parts: _PartWriter,
+                 rejects: _Rejects, progress: Progress) -> int:
     name, read = source.name, 0
     if fmt == "oasst":
         located = (RawItem(prefix + item.locator, item.value, item.raw, item.error) for prefix, item in items)
         for o in assemble(located, source.oasst_paths):
             read += 1
+            progress.update()
             origin = f"{name}:{o.locator}"
             if o.outcome == "kept":
                 parts.add(origin, o.messages, None, o.original_id)
@@ -286,6 +295,7 @@ def _convert(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfi
     transform = TRANSFORMS[fmt]
     for prefix, item in items:
         read += 1
+        progress.update()
         origin = f"{name}:{prefix}{item.locator}"
         if item.error is not None:
             rejects.quarantine(origin, item.error.code, item.error.message, item.raw)

@@ -126,10 +126,14 @@ def encode_conversations(
 ) -> Encoded:
     """Render (unless `rendered` = render_all(template, conversations) is given), tokenize (batched) and
     mask conversations; apply the overflow policy."""
+    from pipeline.core.progress import Progress
+
     out = Encoded()
     limit = opts.max_seq_len
     specials = special_token_pattern(tok)
+    progress = Progress("encode", total=len(conversations), unit="conversations")
     for b0 in range(0, len(conversations), batch_size):
+        progress.update(min(batch_size, len(conversations) - b0))
         batch = conversations[b0 : b0 + batch_size]
         if rendered is None:
             rendered_batch, errors = render_all(template, batch)
