@@ -134,16 +134,16 @@ def main() -> None:
     ded = run_dedup(parts, a.out, dcfg)
     t_ded = time.perf_counter() - t1
     t2 = time.perf_counter()
-    qua = run_quality(ded["parts"], a.out, qcfg)
+    qua = run_quality(ded.parts, a.out, qcfg)
     t_q = time.perf_counter() - t2
     total = time.perf_counter() - t0
     read = sum(s["read"] for s in ing)
     rss_self, rss_child = peak_rss_mb()
-    print(f"records read {read:,}; kept after quality {qua['kept']:,}; load average now "
+    print(f"records read {read:,}; kept after quality {qua.records_out:,}; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows every stage)")
     print(f"time: ingest {t_ing:.1f}s, dedup {t_ded:.1f}s (signatures {ded.get('signature_seconds')}s), "
           f"quality {t_q:.1f}s; total {total:.1f}s = {read / total:,.0f} records/s (target >= 3,000)")
-    print(f"quality seconds per filter (summed over workers): {qua['seconds']}")
+    print(f"quality seconds per filter (summed over workers): {qua.filter_seconds}")
     print(f"peak RSS: main process {rss_self:,.0f} MB, largest child {rss_child:,.0f} MB (target < 4,096)")
     cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
               for f in ("ru_utime", "ru_stime"))
@@ -154,9 +154,9 @@ def main() -> None:
     truth = {t["key"]: t for t in map(json.loads, (a.corpus / "truth.jsonl").read_text().splitlines())}
     ledger = read_ledger(a.out)
     kept = pl.concat([pl.read_parquet(p, columns=["origin", "conversation_id", "pii_redactions"])
-                      for p in qua["parts"]])
+                      for p in qua.parts])
     clusters = pl.read_parquet(a.out / "work/dedup/clusters.parquet")
-    dedup_kept = pl.concat([pl.read_parquet(p, columns=["origin", "conversation_id"]) for p in ded["parts"]])
+    dedup_kept = pl.concat([pl.read_parquet(p, columns=["origin", "conversation_id"]) for p in ded.parts])
     reason: dict[str, str] = {}
     for origin, r in ledger.select("origin", "reason").iter_rows():
         reason[truth_key(origin)] = r
@@ -220,9 +220,9 @@ def main() -> None:
     n_wrong = sum(wrong.values())
     print(f"unique records wrongly dropped: {n_wrong:,}/{len(uniques):,} = {n_wrong / len(uniques):.4%} "
           f"(target <= 0.5%); by reason {dict(sorted(wrong.items(), key=lambda x: -x[1]))}")
-    print(f"dedup: {json.dumps({k: ded[k] for k in ('dropped', 'clusters', 'largest_cluster', 'lsh')})}")
-    print(f"quality dropped: {qua['dropped']}; redactions {qua['redactions']}; "
-          f"contamination hits {qua['contamination_hits']}; languages {qua['lang']}")
+    print(f"dedup: {json.dumps({k: ded.to_json()[k] for k in ('dropped', 'clusters', 'largest_cluster', 'lsh')})}")
+    print(f"quality dropped: {qua.dropped}; redactions {qua.redactions}; "
+          f"contamination hits {qua.contamination_hits}; languages {qua.lang}")
     if a.lang_sample:
         print(f"language, all turns: fast path vs plain detect on full text: {language_agreement(parts, a.lang_sample)}")
         foreign = [truth_key_origin for truth_key_origin in _origins_of(parts, truth, "non_english")]

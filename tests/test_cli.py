@@ -89,15 +89,18 @@ def test_trainer_output_streams_and_a_failure_carries_its_tail() -> None:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_a_failing_flow_is_one_line_and_exit_1(tmp_path: Path, prefect_server: PrefectServer) -> None:
-    """A source path that exists but holds no data: the flow fails, the CLI says so briefly.
+def test_a_failing_flow_is_one_line_and_exit_1(tmp_path: Path, prefect_server: PrefectServer,
+                                               tiny_sources: TinySources) -> None:
+    """A stage that fails at run time (a tokenizer file that exists, so preflight passes, but is not a
+    tokenizer): the flow fails, the CLI says so briefly.
     (A subprocess: the CLI reconfigures Prefect's console logging, which must not leak into pytest.)"""
-    bad = tmp_path / "empty_dir"
-    bad.mkdir()
-    cfg = write_config(tmp_path / "c.toml", [{"name": "s", "path": str(bad), "tier": "expert"}], tmp_path / "run")
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("this is not a tokenizer")
+    cfg = write_config(tmp_path / "c.toml", tiny_sources.sources, tmp_path / "run",
+                       sections={"tokenizer": {"path": str(bad)}})
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "curate", str(cfg)], cwd=REPO, env=prefect_server.env,
                           capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     last = proc.stderr.strip().splitlines()[-2:]
     assert last[0].startswith("sftforge: curate failed: ") and str(bad) in last[0]

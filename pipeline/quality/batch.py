@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from pipeline.core.textnorm import normalized_turns
+from pipeline.core.textnorm import normalize_texts, normalized_turns
+from pipeline.quality.textkind import kinds
 
-#: Hidden column of normalised message texts, aligned with `messages` (see `norm_lists`).
+#: Hidden columns aligned with `messages`: each message's normalised text (`norm_lists`) and
+#: whether it is code or prose (`kind_lists`, pipeline.quality.textkind; math is told apart from prose
+#: only where a rule asks, textkind.math_kind).
 NORM = "_norm"
+KIND = "_kind"
 
 
 @dataclass
@@ -24,21 +28,24 @@ class Batch:
     def n(self) -> int:
         return self.df.height
 
-    def turns(self, *roles: str) -> pl.DataFrame:
-        """row, turn, role, content, norm (normalised content); only `roles` when given. `norm`
-        comes from the hidden column `norm_lists` makes when there is one, else it is computed."""
-        if NORM not in self.df.columns:
-            t = normalized_turns(self.df)
-        else:
-            t = (
-                self.df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "messages", NORM)
-                .explode(["messages", NORM])
-                .with_columns(pl.int_range(pl.len()).over("row").alias("turn"))
-                .unnest("messages")
-                .filter(pl.col("role").is_not_null())
-                .rename({NORM: "norm"})
-                .select("row", "turn", "role", "content", "norm")
-            )
+    def turns(self, *roles: str, kind: bool = False) -> pl.DataFrame:
+        """row, turn, role, content, norm (normalised content) and, with `kind`, kind (code or prose,
+        or also math when there is no hidden column); only `roles` when given. `norm` and `kind` come from the hidden columns (`norm_lists`,
+        `kind_lists`) when there are, else they are computed."""
+        hidden = [c for c in (NORM, KIND) if c in self.df.columns and (c == NORM or kind)]
+        t = (
+            self.df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "messages", *hidden)
+            .explode(["messages", *hidden])
+            .with_columns(pl.int_range(pl.len()).over("row").alias("turn"))
+            .unnest("messages")
+            .filter(pl.col("role").is_not_null())
+            .rename({NORM: "norm", KIND: "kind"}, strict=False)
+        )
+        if NORM not in hidden:
+            t = t.with_columns(normalize_texts(t["content"]).alias("norm"))
+        if kind and KIND not in hidden:
+            t = t.with_columns(kinds(t["content"])["kind"].alias("kind"))
+        t = t.select("row", "turn", "role", "content", "norm", *(["kind"] if kind else []))
         return t.filter(pl.col("role").is_in(list(roles))) if roles else t
 
 
@@ -60,6 +67,21 @@ def norm_lists(df: pl.DataFrame) -> pl.Series:
     lists = t.group_by("row", maintain_order=True).agg("norm")
     full = pl.DataFrame({"row": np.arange(df.height, dtype=np.int64)}).join(lists, on="row", how="left")
     return full["norm"].fill_null([]).cast(pl.List(pl.String)).alias(NORM)
+
+
+def kind_lists(df: pl.DataFrame) -> pl.Series:
+    """The kind of every message (textkind.kinds), as a list aligned with `messages`."""
+    t = (
+        df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "messages")
+        .explode("messages")
+        .unnest("messages")
+        .filter(pl.col("role").is_not_null())
+    )
+    # Code is what most rules need to know; math only repetition, which marks it on its own turns.
+    t = t.with_columns(kinds(t["content"], math=False)["kind"].alias("kind"))
+    lists = t.group_by("row", maintain_order=True).agg("kind")
+    full = pl.DataFrame({"row": np.arange(df.height, dtype=np.int64)}).join(lists, on="row", how="left")
+    return full["kind"].fill_null([]).cast(pl.List(pl.String)).alias(KIND)
 
 
 def keep_all(n: int, reason: str) -> FilterResult:

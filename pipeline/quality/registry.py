@@ -12,6 +12,7 @@ from pipeline.quality.filters.empty import empty
 from pipeline.quality.filters.language import language
 from pipeline.quality.filters.length import length
 from pipeline.quality.filters.pii import pii
+from pipeline.quality.filters.placeholder import placeholder
 from pipeline.quality.filters.refusal import refusal
 from pipeline.quality.filters.repetition import repetition
 from schemas.config_curation import QualityConfig
@@ -20,12 +21,13 @@ Filter = Callable[[Batch, QualityConfig], FilterResult]
 
 #: name -> filter; a filter drops with the reason code quality.<name>.
 FILTERS: dict[str, Filter] = {
+    "contamination": contamination,
     "empty": empty,
     "echo": echo,
     "length": length,
     "repetition": repetition,
     "refusal": refusal,
+    "placeholder": placeholder,
     "language": language,
-    "contamination": contamination,
     "pii": pii,
 }

@@ -114,8 +114,10 @@ def histogram_svg(hist: dict[str, Any], xlabel: str, width: int = 520, height: i
     return f'<div class="plot">{"".join(parts)}<div class="muted">{stats}</div></div>'
 
 
-def line_chart(series: dict[str, list[list[float]]], width: int = 640, height: int = 240) -> str:
-    """Lines over steps, one per series (train loss, val loss, ...), on shared axes."""
+def line_chart(series: dict[str, list[list[float]]], width: int = 640, height: int = 240,
+               points: set[str] | frozenset[str] = frozenset()) -> str:
+    """Lines over steps, one per series (train loss, ...), on shared axes; the series in `points`
+    (separate evaluations, such as the validation loss) are drawn as points, never joined by a line."""
     pts = [p for s in series.values() for p in s]
     if not pts:
         return '<p class="muted">no data</p>'
@@ -134,12 +136,15 @@ def line_chart(series: dict[str, list[list[float]]], width: int = 640, height: i
     legend = []
     for i, (name, s) in enumerate(series.items()):
         color = _PALETTE[i % len(_PALETTE)]
-        if len(s) == 1:
-            x, y = xy(s[0]).split(",")
-            parts.append(f'<circle cx="{x}" cy="{y}" r="3" fill="{color}"/>')
+        if len(s) == 1 or name in points:
+            for p in s:
+                x, y = xy(p).split(",")
+                parts.append(f'<circle cx="{x}" cy="{y}" r="4" fill="{color}"><title>{escape(name)} at step '
+                             f'{p[0]:g}: {p[1]:.4g}</title></circle>')
         else:
             parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{" ".join(xy(p) for p in s)}"/>')
-        legend.append(f'<span><i class="sw" style="background:{color}"></i>{escape(name)}</span>')
+        what = " (evaluations, points)" if name in points else ""
+        legend.append(f'<span><i class="sw" style="background:{color}"></i>{escape(name)}{what}</span>')
     parts += [
         f'<text x="{pad_l - 4}" y="16" text-anchor="end">{y1:.3g}</text>',
         f'<text x="{pad_l - 4}" y="{height - pad_b}" text-anchor="end">{y0:.3g}</text>',
@@ -166,11 +171,88 @@ def _reasons_html(reasons: list[dict[str, Any]]) -> str:
         if not r["examples"]:
             continue
         items = "".join(
-            f"<li><code>{escape(e['origin'])}</code> {escape(e.get('detail') or '')}"
+            f"<li><code>{escape(e['origin'])}</code>"
+            + (f" <span class=\"muted\">[{escape(str(e['source']))}]</span>" if e.get("source") else "")
+            + f" {escape(e.get('detail') or '')}"
             + (f"<pre>{escape(e['text'])}</pre>" if e.get("text") else "") + "</li>"
             for e in r["examples"]
         )
-        out.append(f"<details><summary><code>{escape(r['reason'])}</code>: {r['count']} (examples)</summary><ul>{items}</ul></details>")
+        srcs = ", ".join(f"{escape(k)} {v}" for k, v in list((r.get("sources") or {}).items())[:6])
+        out.append(f"<details><summary><code>{escape(r['reason'])}</code>: {r['count']}"
+                   + (f" — from {srcs}" if srcs else "") + f" (examples)</summary><ul>{items}</ul></details>")
+    return "".join(out)
+
+
+def matrix_html(m: dict[str, Any]) -> str:
+    """The source x reason table: counts and shares of each source's records, shaded by share."""
+    reasons, rows = m.get("reasons") or [], m.get("rows") or []
+    if not rows:
+        return '<p class="muted">no records</p>'
+    head = "<tr><th>source</th><th>tier</th><th>read</th><th>kept</th>" + "".join(
+        f"<th><code>{escape(r)}</code></th>" for r in reasons) + "</tr>"
+    body = []
+    for row in rows:
+        cells = []
+        for r in reasons:
+            n, share = row["counts"].get(r, 0), row["shares"].get(r, 0.0)
+            shade = f' style="background:rgba(198,40,40,{min(0.08 + share * 1.5, 0.75):.2f})"' if n else ""
+            cells.append(f'<td class="n"{shade}>{n}<br><span class="muted">{share:.1%}</span></td>' if n
+                         else '<td class="n muted">·</td>')
+        body.append(f"<tr><td>{escape(row['source'])}</td><td>{escape(row['tier'])}</td><td class=\"n\">{row['read']}</td>"
+                    f"<td class=\"n\">{row['kept']}<br><span class=\"muted\">{row['kept_share']:.1%}</span></td>"
+                    + "".join(cells) + "</tr>")
+    total = m.get("total") or {}
+    body.append("<tr><th>all</th><th></th>" + f'<th class="n">{m.get("read", 0)}</th><th class="n">{m.get("kept", 0)}</th>'
+                + "".join(f'<th class="n">{total.get(r, 0)}</th>' for r in reasons) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def quality_html(q: dict[str, Any]) -> str:
+    """The filter order and what the tier policy spared."""
+    if not q:
+        return '<p class="muted">the quality stage did not run</p>'
+    order = q.get("order") or []
+    out = ["<p>Filters ran in this order, each on what the ones before kept: "
+           + " → ".join(f"<code>{escape(f)}</code>" + (" (on every record)" if f == "contamination" else "")
+                        for f in order) + ".</p>"] if order else []
+    spared = q.get("spared") or {}
+    if spared:
+        rows = [{"rule": f"quality.{rule}", **{f"kept ({t} tier)": n for t, n in tiers.items()}}
+                for rule, tiers in spared.items()]
+        out.append("<p>Kept by the tier policy although a heuristic rule flagged them (see <code>quality_flags</code> "
+                   "in curated/):</p>" + _table(rows))
+    return "".join(out) or '<p class="muted">nothing to say</p>'
+
+
+def pii_html(s: dict[str, Any]) -> str:
+    """Redactions per kind and every example redaction as before → after."""
+    pii = (s.get("quality") or {}).get("pii") or {}
+    out = [bar_chart(s.get("pii_redactions") or {}, color="#6a1b9a")]
+    if pii.get("conversations_redacted"):
+        out.append(f"<p>{pii['conversations_redacted']} conversation(s) changed by a redaction.</p>")
+    ex = pii.get("examples") or []
+    if ex:
+        out.append("<h3>redactions, before → after</h3>" + _table(
+            [{"kind": e.get("kind"), "origin": e.get("origin"), "before": e.get("before"), "after": e.get("after")}
+             for e in ex], ["kind", "origin", "before", "after"]))
+    return "".join(out)
+
+
+def contamination_html(s: dict[str, Any]) -> str:
+    """Hits per benchmark, and per benchmark what could be checked and how."""
+    c = (s.get("quality") or {}).get("contamination") or {}
+    benches = c.get("benchmarks") or {}
+    out = [bar_chart(s.get("contamination") or {}, color="#c62828")]
+    if benches:
+        rows = [{"benchmark": b, "items": v.get("items"), "checked": v.get("checked"),
+                 "by n-gram": v.get("ngram"), "short, contained": v.get("contained"),
+                 "short, exact copy only": v.get("exact_only"), "not checkable": v.get("unchecked"),
+                 "hits": v.get("hits")} for b, v in benches.items()]
+        out.append("<p>Every item is found as an exact copy of a user turn; long items also by shared n-grams, "
+                   "short ones also contained in a longer turn. Items with no words cannot be checked.</p>"
+                   + _table(rows))
+    if c.get("by_rule"):
+        out.append("<p>hits by rule: " + ", ".join(f"{escape(k)} {v}" for k, v in c["by_rule"].items()) + "</p>")
     return "".join(out)
 
 
@@ -233,19 +315,34 @@ def render_html(s: dict[str, Any]) -> str:
     body = [f"<h1>Data-quality report: {escape(s['name'])}</h1>",
             f'<p class="muted">{escape(s["run_dir"])} — generated {escape(s["generated_at"])}</p>',
             f'<div class="cards">{cards}</div>']
+    if s.get("kept_means"):
+        body.append(f'<p class="muted">{escape(s["kept_means"])}</p>')
+    body.append(_section("Where records went: source × reason", matrix_html(s.get("matrix") or {})))
     funnel_cols = ["source", "tier", *FUNNEL_STEPS]
     body.append(_section("Funnel per source", stacked_funnel(s["funnel"]) + _table(s["funnel"], funnel_cols)))
     body.append(_section("Funnel per tier", _table(s["funnel_by_tier"], ["tier", *FUNNEL_STEPS])))
     body.append(_section("Reasons", _reasons_html(s["reasons"])))
+    body.append(_section("Quality filters", quality_html(s.get("quality") or {})))
+    if s.get("files_not_read") or s.get("ingest_warnings"):
+        warned = "".join(f"<li>{escape(w)}</li>" for w in s.get("ingest_warnings") or [])
+        files = s.get("files_not_read") or []
+        more = f'<p class="muted">and {len(files) - 200} more (report.json)</p>' if len(files) > 200 else ""
+        body.append(_section("Files not read" if files else "Ingest warnings",
+                             (_table(files[:200], ["source", "path", "reason"]) + more if files else "")
+                             + (f"<h3>ingest warnings</h3><ul>{warned}</ul>" if warned else "")))
     d = s["duplicates"]
     dup_rows = [{k: c[k] for k in ("kept_origin", "dropped", "reasons", "sources", "dropped_origins", "text")} for c in d["largest"]]
     body.append(_section("Duplicate clusters",
                          f"<p>{d['duplicates']} duplicate(s) in {d['clusters']} cluster(s); largest:</p>" + _table(dup_rows)))
-    body.append(_section("Benchmark contamination hits", bar_chart(s["contamination"], color="#c62828")))
-    body.append(_section("PII redactions", bar_chart(s["pii_redactions"], color="#6a1b9a")))
+    body.append(_section("Benchmark contamination hits", contamination_html(s)))
+    body.append(_section("PII redactions", pii_html(s)))
     cur = s.get("curated") or {}
-    langs = cur.get("languages") or s.get("languages_in") or {}
-    body.append(_section("Language mix (kept)", bar_chart(dict(list(langs.items())[:15]), color="#00838f")))
+    if cur.get("languages"):
+        body.append(_section("Language mix (kept)", bar_chart(dict(list(cur["languages"].items())[:15]), color="#00838f")))
+    else:
+        after = s.get("languages_after_quality") or s.get("languages_in") or {}
+        body.append(_section("Language mix (after quality; nothing kept yet)",
+                             bar_chart(dict(list(after.items())[:15]), color="#00838f")))
     if cur:
         body.append(_section(
             "Lengths (kept conversations)",
@@ -262,7 +359,7 @@ def render_html(s: dict[str, Any]) -> str:
         body.append(_section("Mixture before / after", _mix_html(s["mix"])))
     tr = s.get("training") or {}
     if tr:
-        curves = line_chart(tr["curves"]) if tr.get("curves") else ""
+        curves = line_chart(tr["curves"], points=set(tr.get("points") or [])) if tr.get("curves") else ""
         ev = _json_block(tr["eval"], "evaluation (train/eval.json)") if tr.get("eval") is not None else ""
         model = f"<p>model: <code>{escape(tr['model'])}</code></p>" if tr.get("model") else ""
         body.append(_section("Training", curves + ev + model))

@@ -23,6 +23,9 @@ from pipeline.core.stage import StageResult
 from schemas.config import RunConfig
 
 SCHEMA_VERSION = 1
+#: The one meaning of "kept" in the report, the funnel and the ledger.
+KEPT_MEANS = ("kept = in the train and val shards; curated/ holds exactly these conversations (ledger outcome "
+              "'kept'). What passed one stage but left at a later one is counted where it left.")
 #: Funnel columns in order: where records leave, by the stage that decided it.
 #: in pipeline order: the encode stage (ledger stage "tokenize") runs before the mix
 FUNNEL_STEPS = ("read", "quarantined", "ingest_dropped", "duplicates", "filtered", "tokenize_dropped", "mixed_out", "kept")
@@ -151,35 +154,97 @@ def _quarantine_texts(run_dir: Path, origins: list[str], chars: int) -> dict[str
     return out
 
 
+def _spread_examples(dropped: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Up to n rows of each (stage, outcome, reason), taken in turn from each source, the source that
+    lost most to that reason first (so the worst-hit source always shows, and several do)."""
+    keys = ["stage", "outcome", "reason"]
+    return (
+        dropped.sort("origin")
+        .with_columns(pl.len().over(*keys, "source").alias("_lost"),
+                      pl.int_range(pl.len()).over(*keys, "source").alias("_i"))
+        .filter(pl.col("_i") < n)
+        .sort([*keys, "_i", "_lost", "source"], descending=[False, False, False, False, True, False],
+              nulls_last=True)
+        .group_by(*keys, maintain_order=True)
+        .head(n)
+        .drop("_lost", "_i")
+    )
+
+
 def reasons(ledger: pl.DataFrame, run_dir: Path, n_examples: int, chars: int) -> list[dict[str, Any]]:
-    """Every reason code with its count and a few examples (origin, detail, the record's text)."""
+    """Every reason code with its count, the sources it took records from (most first) and a few
+    examples (origin, source, detail, the record's text) drawn from several sources, the worst-hit first."""
     dropped = ledger.filter(pl.col("outcome") != "kept")
     if dropped.height == 0:
         return []
-    table = dropped.group_by("stage", "outcome", "reason").len("count").sort("count", descending=True)
-    examples = (
-        dropped.sort("origin").group_by("stage", "outcome", "reason", maintain_order=True).head(n_examples)
-        if n_examples
-        else dropped.clear()
-    )
+    table = dropped.group_by("stage", "outcome", "reason").len("count").sort(["count", "reason"], descending=[True, False])
+    by_source = dropped.group_by("stage", "outcome", "reason", "source").len("n").sort(
+        ["n", "source"], descending=[True, False])
+    examples = _spread_examples(dropped, n_examples) if n_examples else dropped.clear()
     q_texts = _quarantine_texts(run_dir, examples.filter(pl.col("outcome") == "quarantined")["origin"].to_list(), chars)
     d_texts = _texts_by(run_dir, "origin", examples.filter(pl.col("outcome") == "dropped")["origin"].to_list(), chars)
     out = []
     for stage, outcome, reason, count in table.iter_rows():
-        ex = examples.filter(
-            (pl.col("stage") == stage) & (pl.col("outcome") == outcome) & (pl.col("reason").eq_missing(reason))
-        )
+        same = (pl.col("stage") == stage) & (pl.col("outcome") == outcome) & (pl.col("reason").eq_missing(reason))
+        ex = examples.filter(same)
         out.append({
             "reason": reason or f"{stage}.(no code)",
             "stage": stage,
             "outcome": outcome,
             "count": int(count),
+            "sources": {src: int(n) for src, n in by_source.filter(same).select("source", "n").iter_rows()},
             "examples": [
-                {"origin": r["origin"], "detail": r["detail"], "text": q_texts.get(r["origin"]) or d_texts.get(r["origin"], "")}
+                {"origin": r["origin"], "source": r["source"], "detail": r["detail"],
+                 "text": q_texts.get(r["origin"]) or d_texts.get(r["origin"], "")}
                 for r in ex.iter_rows(named=True)
             ],
         })
     return out
+
+
+def source_reason_matrix(ledger: pl.DataFrame) -> dict[str, Any]:
+    """Where each source's records went: a row per source (its tier, read, kept in the shards) and a
+    column per reason code, with counts and shares of what the source read. Reasons are ordered by
+    how many records they took in all."""
+    if ledger.height == 0:
+        return {"reasons": [], "rows": []}
+    lost = ledger.filter(pl.col("outcome") != "kept").with_columns(
+        pl.coalesce(pl.col("reason"), pl.col("stage") + ".(no code)").alias("reason"))
+    order = lost.group_by("reason").len().sort(["len", "reason"], descending=[True, False])["reason"].to_list()
+    read = ledger.group_by("source", "tier").agg(pl.len().alias("read"),
+                                                (pl.col("outcome") == "kept").sum().alias("kept"))
+    counts = lost.group_by("source", "reason").len()
+    cells: dict[str, dict[str, int]] = {}
+    for src, reason, n in counts.iter_rows():
+        cells.setdefault(src, {})[reason] = int(n)
+    rows = []
+    for src, tier, n_read, n_kept in read.sort("source").iter_rows():
+        c = cells.get(src, {})
+        rows.append({"source": src, "tier": tier, "read": int(n_read), "kept": int(n_kept),
+                     "kept_share": n_kept / n_read if n_read else 0.0,
+                     "counts": {r: c[r] for r in order if r in c},
+                     "shares": {r: c[r] / n_read for r in order if r in c}})
+    total = {r: int(sum(row["counts"].get(r, 0) for row in rows)) for r in order}
+    return {"reasons": order, "rows": rows, "total": total, "read": int(ledger.height),
+            "kept": int(sum(row["kept"] for row in rows))}
+
+
+def quality_section(quality: Any) -> dict[str, Any]:
+    """What the quality stage says about itself: the order its filters ran in, what the tier policy
+    spared, PII redactions (counts and before -> after examples), and contamination per benchmark."""
+    if quality is None:
+        return {}
+    pii = quality.filters.get("pii", {}) if isinstance(quality.filters, dict) else {}
+    cont = quality.filters.get("contamination", {}) if isinstance(quality.filters, dict) else {}
+    return {
+        "order": list(quality.order),
+        "spared": {k: dict(v) for k, v in (quality.spared or {}).items()},
+        "pii": {"redactions": dict(quality.redactions), "detected": dict(pii.get("detected") or {}),
+                "conversations_redacted": int(pii.get("conversations_redacted") or 0),
+                "examples": list(quality.redaction_examples)},
+        "contamination": {"benchmarks": {k: dict(v) for k, v in (quality.contamination or {}).items()},
+                          "by_rule": dict(cont.get("by_rule") or {})},
+    }
 
 
 def duplicate_clusters(ledger: pl.DataFrame, run_dir: Path, limit: int, chars: int) -> dict[str, Any]:
@@ -273,7 +338,8 @@ def shard_profile(run_dir: Path, max_seq_len: int, bins: int) -> dict[str, Any]:
 
 
 def training_section(run_dir: Path) -> dict[str, Any]:
-    """Loss curves (train/metrics.jsonl) and the evaluation before/after (train/eval.json)."""
+    """Loss curves (train/metrics.jsonl), the evaluations (train/eval.json history, `points`: series
+    that are separate evaluations, drawn as points) and the evaluation before/after."""
     rows = _read_jsonl(run_dir / "train" / "metrics.jsonl")
     curves: dict[str, list[list[float]]] = {}
     for i, r in enumerate(rows):
@@ -292,6 +358,8 @@ def training_section(run_dir: Path) -> dict[str, Any]:
     if curves:
         out["curves"] = curves
         out["steps"] = len(rows)
+        # Evaluations are a few separate measurements, not a trend: drawn as points, never joined.
+        out["points"] = [k for k in curves if k == "val_loss" or k.startswith("eval")]
     if ev is not None:
         out["eval"] = ev
     if (run_dir / "model").is_dir():
@@ -309,7 +377,7 @@ def stage_results(run_dir: Path) -> dict[str, StageResult]:
     rd = RunDir.of(run_dir)
     out: dict[str, StageResult] = {}
     ingest = [StageResult.read(p) for p in sorted(rd.stage_dir("ingest").glob("*/stats.json"))]
-    ingest = [r for r in ingest if r is not None and r.seconds]
+    ingest = [r for r in ingest if r is not None and r.seconds and r.records_in]
     if ingest:
         out["ingest"] = StageResult(stage="ingest", records_in=sum(r.records_in for r in ingest),
                                     records_out=sum(r.records_out for r in ingest),
@@ -337,6 +405,22 @@ def stage_stats(run_dir: Path) -> dict[str, Any]:
     return stats
 
 
+def ingest_notes(stats: dict[str, Any]) -> tuple[list[dict[str, str]], list[str]]:
+    """Files under directory sources that were not read ({source, path, reason}) and the ingest warnings."""
+    per_source = stats.get("ingest")
+    files: list[dict[str, str]] = []
+    warnings: list[str] = []
+    for name, st in sorted(per_source.items()) if isinstance(per_source, dict) else []:
+        if not isinstance(st, dict):
+            continue
+        for f in st.get("files_not_read") or []:
+            if isinstance(f, dict):
+                files.append({"source": str(st.get("source", name)), "path": str(f.get("path", "")),
+                              "reason": str(f.get("reason", ""))})
+        warnings += [str(w) for w in st.get("warnings") or []]
+    return files, warnings
+
+
 def summarize(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report as a dict (what report.json holds); `manifest`: the one about to be written (the
     manifest is the run's last file, so the report is built before it lands)."""
@@ -347,6 +431,7 @@ def summarize(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | No
     totals = _sum_rows(rows, None)[0] if rows else {"total": "all", **{s: 0 for s in FUNNEL_STEPS}}
     totals["dropped"] = sum(totals[s] for s in FUNNEL_STEPS if s not in ("read", "quarantined", "kept"))
     stats = stage_stats(run_dir)
+    files_not_read, ingest_warnings = ingest_notes(stats)
     results = stage_results(run_dir)
     quality = results.get("quality")
     encode = results.get("encode")
@@ -360,14 +445,19 @@ def summarize(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | No
         "name": cfg.name,
         "run_dir": str(run_dir),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kept_means": KEPT_MEANS,
         "totals": totals,
+        "matrix": source_reason_matrix(ledger),
+        "quality": quality_section(quality),
         "funnel": rows,
         "funnel_by_tier": _sum_rows(rows, "tier"),
         "reasons": reasons(ledger, run_dir, rc.examples_per_reason, rc.example_chars),
+        "files_not_read": files_not_read,
+        "ingest_warnings": ingest_warnings,
         "duplicates": duplicate_clusters(ledger, run_dir, rc.duplicate_clusters, rc.example_chars),
         "contamination": contamination,
         "pii_redactions": dict(quality.redactions) if quality else {},
-        "languages_in": dict(quality.lang) if quality else {},
+        "languages_after_quality": dict(quality.lang) if quality else {},
         "curated": curated_profile(run_dir, rc.histogram_bins),
         "shards": shard_profile(run_dir, cfg.pack.max_seq_len, rc.histogram_bins),
         "truncation": encode.truncation if encode else None,
@@ -401,6 +491,19 @@ def _pct(n: int, d: int) -> str:
     return f"{n / d:.1%}" if d else "-"
 
 
+def _matrix_text(m: dict[str, Any], top: int = 6) -> list[str]:
+    """The source x reason matrix for a terminal: the `top` reasons that took most records."""
+    reasons_, rows = (m.get("reasons") or [])[:top], m.get("rows") or []
+    if not reasons_ or not rows:
+        return []
+    out = ["", "  where records went (share of each source's records; kept = in the shards):",
+           "  " + f"{'source':<18}{'kept':>8}" + "".join(f"{r[-14:]:>16}" for r in reasons_)]
+    for row in rows:
+        out.append("  " + f"{row['source'][:17]:<18}{row['kept_share']:>8.1%}"
+                   + "".join(f"{row['shares'].get(r, 0.0):>16.1%}" for r in reasons_))
+    return out
+
+
 def summary_text(summary: dict[str, Any]) -> str:
     """The summary for a terminal: totals, the funnel per source, top reasons, data profile."""
     t = summary["totals"]
@@ -413,9 +516,20 @@ def summary_text(summary: dict[str, Any]) -> str:
     ]
     for r in summary["funnel"]:
         lines.append("  " + f"{r['source'][:17]:<18}{r['tier']:<14}" + "".join(f"{r[s]:>11}" for s in FUNNEL_STEPS))
+    lines += _matrix_text(summary.get("matrix") or {})
     if summary["reasons"]:
         lines += ["", "  reasons:"]
         lines += [f"    {r['count']:>8}  {r['reason']}  ({r['outcome']} at {r['stage']})" for r in summary["reasons"]]
+    order = (summary.get("quality") or {}).get("order")
+    if order:
+        lines.append("  quality filters, in order: " + " -> ".join(order))
+    not_read = summary.get("files_not_read") or []
+    if not_read:
+        lines += ["", f"  files not read ({len(not_read)}):"]
+        lines += [f"    {f['source']}: {f['path']}  ({f['reason']})" for f in not_read[:20]]
+        lines += [f"    … and {len(not_read) - 20} more (report.json)"] if len(not_read) > 20 else []
+    if summary.get("ingest_warnings"):
+        lines += ["", "  ingest warnings:"] + [f"    {w}" for w in summary["ingest_warnings"][:20]]
     sh = (summary.get("shards") or {}).get("train") or {}
     if sh:
         share = sh.get("supervised_share")
@@ -430,9 +544,10 @@ def summary_text(summary: dict[str, Any]) -> str:
     langs = (summary.get("curated") or {}).get("languages")
     if langs:
         lines.append("  languages kept: " + ", ".join(f"{k} {v}" for k, v in list(langs.items())[:8]))
-    curves = (summary.get("training") or {}).get("curves") or {}
-    for name, pts in curves.items():
-        lines.append(f"  {name}: {pts[0][1]:.4f} at step {pts[0][0]:g} -> {pts[-1][1]:.4f} at step {pts[-1][0]:g}")
+    tr = summary.get("training") or {}
+    for name, pts in (tr.get("curves") or {}).items():
+        what = f" ({len(pts)} evaluations)" if name in (tr.get("points") or []) else ""
+        lines.append(f"  {name}: {pts[0][1]:.4f} at step {pts[0][0]:g} -> {pts[-1][1]:.4f} at step {pts[-1][0]:g}{what}")
     times = summary.get("stage_times") or []
     if times:
         lines.append("  stage times: " + ", ".join(
@@ -456,9 +571,23 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "|---|---|" + "---:|" * len(FUNNEL_STEPS),
     ]
     md += [f"| {r['source']} | {r['tier']} | " + " | ".join(str(r[s]) for s in FUNNEL_STEPS) + " |" for r in summary["funnel"]]
+    m = summary.get("matrix") or {}
+    if m.get("reasons"):
+        top = m["reasons"][:8]
+        md += ["", "## Where records went (share of each source)", "",
+               "| source | tier | read | kept | " + " | ".join(f"`{r}`" for r in top) + " |",
+               "|---|---|---:|---:|" + "---:|" * len(top)]
+        md += [f"| {r['source']} | {r['tier']} | {r['read']} | {r['kept_share']:.1%} | "
+               + " | ".join(f"{r['counts'].get(x, 0)} ({r['shares'].get(x, 0.0):.1%})" for x in top) + " |"
+               for r in m["rows"]]
     if summary["reasons"]:
         md += ["", "## Reasons", "", "| reason | stage | outcome | count |", "|---|---|---|---:|"]
         md += [f"| `{r['reason']}` | {r['stage']} | {r['outcome']} | {r['count']} |" for r in summary["reasons"]]
+    if summary.get("files_not_read"):
+        md += ["", "## Files not read", ""]
+        md += [f"- {f['source']}: `{f['path']}` ({f['reason']})" for f in summary["files_not_read"][:50]]
+    if summary.get("ingest_warnings"):
+        md += ["", "## Ingest warnings", ""] + [f"- {w}" for w in summary["ingest_warnings"][:50]]
     sh = (summary.get("shards") or {}).get("train") or {}
     if sh:
         md += ["", "## Shards", "", f"- train rows {sh['rows']}, tokens {sh['tokens']}"]
@@ -469,9 +598,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for title, key in (("Contamination hits", "contamination"), ("PII redactions", "pii_redactions")):
         if summary.get(key):
             md += ["", f"## {title}", ""] + [f"- {k}: {v}" for k, v in summary[key].items()]
-    curves = (summary.get("training") or {}).get("curves") or {}
+    tr = summary.get("training") or {}
+    curves = tr.get("curves") or {}
     if curves:
         md += ["", "## Training", ""]
-        md += [f"- {n}: {p[0][1]:.4f} → {p[-1][1]:.4f} over {len(p)} points" for n, p in curves.items()]
+        md += [f"- {n}: {p[0][1]:.4f} → {p[-1][1]:.4f} over {len(p)} "
+               + ("evaluations" if n in (tr.get("points") or []) else "points") for n, p in curves.items()]
     md += ["", f"Full report: `{summary['run_dir']}/report/report.html`"]
     return "\n".join(md)

@@ -1,4 +1,5 @@
-"""quality.repetition: Gopher-style repetition in assistant turns (Rae et al. 2021, table A1)."""
+"""quality.repetition: Gopher-style repetition in assistant turns (Rae et al. 2021, table A1), each
+kind of text (prose, math, code) by the checks that suit it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import polars as pl
 
 from pipeline.core.textnorm import fold_ngrams, word_hashes
 from pipeline.quality.batch import Batch, FilterResult, drop_rows, first_detail, keep_all
+from pipeline.quality.textkind import math_kind
 from schemas.config_curation import QualityConfig
 
 
@@ -61,40 +63,47 @@ def _dup_line_fracs(t: pl.DataFrame) -> np.ndarray:
 
 
 def repetition(b: Batch, cfg: QualityConfig) -> FilterResult:
-    """Gopher-style repetition in assistant turns: duplicate lines, most frequent 2/3/4-grams and
-    characters in repeated 5- and 10-grams, each against its configured maximum."""
-    t = b.turns("assistant").with_columns(pl.col("content").fill_null("").alias("content"))
+    """Gopher-style repetition in assistant turns, by the kind of text (textkind.kinds): prose gets
+    every check (duplicate lines, most frequent 2/3/4-grams, characters in repeated 5- and
+    10-grams); math the duplicate lines and 10-grams (a worked solution repeats its phrases by
+    design); code only the repeated 10-grams (loop bodies and branches repeat short n-grams, a
+    function written out again does not pass)."""
+    t = b.turns("assistant", kind=True).with_columns(pl.col("content").fill_null("").alias("content"))
     # norm has single spaces: counting them counts words without a regex.
     t = t.filter(pl.col("norm").str.count_matches(" ", literal=True) + 1 >= cfg.repetition_min_words)
     if t.height == 0:
         return keep_all(b.n, "quality.repetition")
+    kind = math_kind(t["content"], t["kind"]).to_numpy()
+    prose, code = kind == "prose", kind == "code"
     # Hashes only compared within this batch: polars' fast hash will do.
     fh, lens, wchars = word_hashes(t["norm"], bits=64, stable=False, spaces=True)
     top2, dup2 = _ngram_fracs(fh, lens, wchars, 2)
     checks = [
-        ("duplicate-line fraction", _dup_line_fracs(t), cfg.max_dup_line_frac),
-        ("top 2-gram character fraction", top2, cfg.max_top_2gram_frac),
+        ("duplicate-line fraction", np.where(code, 0.0, _dup_line_fracs(t)), cfg.max_dup_line_frac),
+        ("top 2-gram character fraction", np.where(prose, top2, 0.0), cfg.max_top_2gram_frac),
     ]
     # Every word inside a repeated n-gram (n >= 2) is inside a repeated 2-gram, so a turn whose
     # repeated 2-grams cover little cannot fail the longer checks; only the others are computed
     # (half the smallest limit leaves room for overlapping occurrences in the top-n counts).
-    longer = [(3, cfg.max_top_3gram_frac, 0), (4, cfg.max_top_4gram_frac, 0), (5, cfg.max_dup_5gram_frac, 1),
-              (10, cfg.max_dup_10gram_frac, 1)]
-    gate = dup2 > 0.5 * min(limit for _, limit, _ in longer)
+    longer = [(3, cfg.max_top_3gram_frac, 0, prose), (4, cfg.max_top_4gram_frac, 0, prose),
+              (5, cfg.max_dup_5gram_frac, 1, prose), (10, cfg.max_dup_10gram_frac, 1, None)]
+    gate = dup2 > 0.5 * min(limit for _, limit, _, _ in longer)
     owner_gate = np.repeat(gate, lens)
     sub = (fh[owner_gate], lens[gate], wchars[owner_gate])
-    for n, limit, which in longer:
+    for n, limit, which, applies in longer:
         values = np.zeros(t.height)
         if gate.any():
             values[gate] = _ngram_fracs(*sub, n)[which]
+        if applies is not None:
+            values = np.where(applies, values, 0.0)
         name = f"top {n}-gram character fraction" if which == 0 else f"duplicate {n}-gram character fraction"
         checks.append((name, values, limit))
     why: list[str | None] = [None] * t.height
     for name, values, limit in reversed(checks):  # the first failing check names the reason
         for i in np.flatnonzero(values > limit).tolist():
-            why[i] = f"{name} {values[i]:.2f} > {limit}"
+            why[i] = f"({kind[i]}) {name} {values[i]:.2f} > {limit}"
     hits = t.select("row", "turn").with_columns(pl.Series("why", why, dtype=pl.String)).filter(
         pl.col("why").is_not_null()
     )
-    detail = first_detail(b.n, hits, pl.format("assistant turn {}: {}", "turn", "why"))
+    detail = first_detail(b.n, hits, pl.format("assistant turn {} {}", "turn", "why"))
     return FilterResult(drop_rows(b.n, hits["row"]), "quality.repetition", detail)
