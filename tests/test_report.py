@@ -208,3 +208,16 @@ def test_report_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> 
     )
     assert shot.stat().st_size > 10_000
     shutil.copy(shot, run_dir / "report" / "screenshot.png")
+
+
+def test_the_terminal_summary_keeps_long_names_whole(run_dir: Path) -> None:
+    from pipeline.report.summary import summary_text
+
+    s = summarize(run_dir, _cfg(run_dir))
+    long = "a-source-with-a-very-long-descriptive-name"
+    s["funnel"] = [dict(r, source=long if r["source"] == "a" else r["source"]) for r in s["funnel"]]
+    text = summary_text(s)
+    header = next(line for line in text.splitlines() if "tokenize_dropped" in line)
+    assert all(step in header for step in FUNNEL_STEPS)  # no "tokenize_d"
+    row = next(line for line in text.splitlines() if long in line)
+    assert len(row) == len(header)  # columns line up whatever the names

@@ -504,6 +504,21 @@ def _matrix_text(m: dict[str, Any], top: int = 6) -> list[str]:
     return out
 
 
+def _funnel_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The funnel per source with full column and source names: each column as wide as its widest
+    entry, never cut."""
+    cols = ["source", "tier", *FUNNEL_STEPS]
+    widths = {c: max([len(c), *(len(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c])) for r in rows)])
+              for c in cols}
+
+    def fmt(c: str, v: Any) -> str:
+        text = f"{v:,}" if isinstance(v, int) else str(v)
+        return text.ljust(widths[c]) if c in ("source", "tier") else text.rjust(widths[c])
+
+    return ["  " + "  ".join(fmt(c, c) if c in ("source", "tier") else c.rjust(widths[c]) for c in cols)] + [
+        "  " + "  ".join(fmt(c, r[c]) for c in cols) for r in rows]
+
+
 def summary_text(summary: dict[str, Any]) -> str:
     """The summary for a terminal: totals, the funnel per source, top reasons, data profile."""
     t = summary["totals"]
@@ -512,10 +527,8 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"  read {t['read']}  kept {t['kept']} ({_pct(t['kept'], t['read'])})  quarantined {t['quarantined']}  "
         f"dropped {t['dropped']}",
         "",
-        "  " + f"{'source':<18}{'tier':<14}" + "".join(f"{s[:10]:>11}" for s in FUNNEL_STEPS),
+        *_funnel_table(summary["funnel"]),
     ]
-    for r in summary["funnel"]:
-        lines.append("  " + f"{r['source'][:17]:<18}{r['tier']:<14}" + "".join(f"{r[s]:>11}" for s in FUNNEL_STEPS))
     lines += _matrix_text(summary.get("matrix") or {})
     if summary["reasons"]:
         lines += ["", "  reasons:"]
