@@ -35,7 +35,13 @@ class TokenizerConfig(BaseModel):
     cache_dir: Path | None = Field(
         default=None,
         description="where trained tokenizers are cached by the hash of their inputs; absent: "
-        "<output_dir>/work/tokenize/cache",
+        "<output_dir>/work/encode/cache",
+    )
+    train_max_chars: int = Field(
+        default=32_000_000, ge=10_000, le=100_000_000_000,
+        description="the trained BPE learns from at most this many characters of rendered text: every "
+        "conversation while they fit, else an even sample of them in conversation_id (hash) order; "
+        "BPE merges settle long before (training on 163k conversations took 39 s, on 32 M characters ~8 s)",
     )
     batch_size: int = Field(default=4096, ge=1, le=1_000_000, description="conversations per encode_batch call")
 

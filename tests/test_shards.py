@@ -200,3 +200,12 @@ def test_val_split_is_stable_and_near_the_fraction() -> None:
     assert np.array_equal(v, val_mask(ids, 0.05, seed=0)) and not np.array_equal(v, val_mask(ids, 0.05, seed=1))
     # a conversation's side does not depend on the others (the split survives adding data)
     assert v[:500].any() and np.array_equal(v[:500], val_mask(ids[:500], 0.05, seed=0))
+
+
+def test_the_bpe_learns_from_a_bounded_even_sample() -> None:
+    from pipeline.render.encode import training_sample
+
+    texts = [f"{i:02d}" + "x" * 8 for i in range(100)]  # 1,000 characters
+    assert training_sample(texts, 10_000) is texts
+    sample = training_sample(texts, 200)
+    assert sum(map(len, sample)) <= 200 and len(sample) == 20 and sample[:2] == [texts[0], texts[5]]

@@ -74,6 +74,22 @@ def mask_options(cfg: Any) -> MaskOptions:
     return MaskOptions(cfg.template.train_on, cfg.template.train_on_prompt, cfg.pack.max_seq_len, cfg.pack.overflow)
 
 
+def training_sample(texts: list[str], max_chars: int) -> list[str]:
+    """All texts when they fit in `max_chars`, else every k-th text (an even, deterministic sample:
+    the texts come in conversation_id order, a hash order) until the budget is spent."""
+    total = sum(map(len, texts))
+    if total <= max_chars:
+        return texts
+    step = total / max_chars
+    out, used = [], 0
+    for i in range(0, len(texts), max(1, int(step))):
+        if used + len(texts[i]) > max_chars:
+            break
+        out.append(texts[i])
+        used += len(texts[i])
+    return out
+
+
 def resolve_tokenizer(run_dir: Path, cfg: Any, template: ChatTemplate, texts: list[str]) -> tuple[Tokenizer, dict]:
     """The run's tokenizer: the given one, or the embedded BPE trained on `texts` (cached by content)."""
     info: dict[str, Any] = {}
@@ -82,8 +98,10 @@ def resolve_tokenizer(run_dir: Path, cfg: Any, template: ChatTemplate, texts: li
         info.update(kind="given", path=str(cfg.tokenizer.path))
     else:
         cache = cfg.tokenizer.cache_dir or RunDir.of(run_dir).stage_dir("encode") / "cache"
-        tok, key, hit = cached_bpe(texts, template, cache, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
-        info.update(kind="trained", key=key, cache_hit=hit, trained_on=f"{len(texts)} conversations")
+        sample = training_sample(texts, cfg.tokenizer.train_max_chars)
+        tok, key, hit = cached_bpe(sample, template, cache, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        info.update(kind="trained", key=key, cache_hit=hit,
+                    trained_on=f"{len(sample)} of {len(texts)} conversations ({sum(map(len, sample)):,} characters)")
     info["added_special_tokens"] = ensure_special_tokens(tok, template)
     return tok, info
 
