@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if summary.get("rank", 0) == 0:
         print(json.dumps({k: summary[k] for k in ("steps", "train_loss", "eval_initial", "eval_final", "model_dir")}))
+    if summary.get("world_size", 1) > 1:
+        # everything is written and the ranks have met at a barrier: leave without the interpreter's
+        # teardown, where gloo's threads and the GIL can deadlock (trainer.fit.train)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -199,6 +199,10 @@ def _gather_losses(per_conv: dict[str, list[float]], world: int, device: torch.d
 # the entry point: process group, config, then setup and fit
 
 
+#: distributed runs whose DDP model must outlive `train` (see there)
+_LIVE_RUNS: list[Any] = []
+
+
 def train(run_dir: Path, cfg: RunConfig, *, resume: bool = False, log: Log | None = None) -> dict[str, Any]:
     """Train on the run directory's shards; writes model/, train/metrics.jsonl, train/eval.json, checkpoints.
 
@@ -222,6 +226,12 @@ def train(run_dir: Path, cfg: RunConfig, *, resume: bool = False, log: Log | Non
         # the row capacity the shards were packed for sizes a from-scratch model's positions
         seq_cap = int(manifest.get("max_seq_len") or cfg.pack.max_seq_len)
         run, loop = setup(run_dir, cfg, splits, seq_cap=seq_cap, rank=rank, world=world, resume=resume, say=say)
+        if world > 1:
+            # Keep the DDP model (its reducer holds the gloo process group) alive past this function:
+            # freeing it here, with the GIL held, destroys the group and joins gloo's worker thread
+            # while that thread waits for the GIL to release a finished collective's tensors: a
+            # deadlock seen at the end of 2-rank runs. `python -m trainer` leaves with os._exit.
+            _LIVE_RUNS.append(run)
         return fit(run, loop)
     finally:
         if own_group:
