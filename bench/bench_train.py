@@ -1,4 +1,5 @@
-"""Training throughput: sftforge's trainer vs TRL's SFTTrainer (default, and with packing), one run, this CPU.
+"""Training throughput: sftforge's trainer vs TRL's SFTTrainer (default, and with packing), one run, this CPU;
+full fine-tuning, and LoRA (sftforge + peft vs TRL + peft).
 
 The same tiny Llama (same config, same seed-initialised weights), the same tokenizer and ChatML
 template, the same curated conversations (real Alpaca records from ../shared/datasets), one epoch each,
@@ -8,9 +9,16 @@ default configuration (padded batches, no packing), then with `packing=True` (BF
 `--only trl_fp32 --only trl_packing_fp32` adds both with bf16 and gradient checkpointing off.
 sftforge trains on the shards the tokenize stage packed (`pipeline.render.pack.run_tokenize`: encode, then pack).
 
+LoRA (`--only sftforge_lora --only trl_lora ...`, or `--lora` for all LoRA variants): the same
+seed-initialised model saved as a local "pre-trained" checkpoint is the base of both; both add peft
+adapters with the same rank, alpha, dropout and targets (all-linear: q/k/v/o/gate/up/down_proj),
+train on the same conversations and target tokens at the same lr. TRL runs with `peft_config`.
+Without TRL installed (`pip install trl`, in the bench extra) its variants are skipped.
+
 Prints target tokens/s of each, the ratios, and the share of computed token slots that are padding.
 
     .venv/bin/python bench/bench_train.py [--records 1000] [--max-seq-len 1024] [--hidden 256 --layers 4]
+    .venv/bin/python bench/bench_train.py --lora [--lora-r 16]
 """
 
 from __future__ import annotations
@@ -96,11 +104,35 @@ class CountingCollator:
         return out
 
 
+def lora_setup(run_dir: Path, cfg: Any, args: argparse.Namespace, out: Path) -> Any:
+    """The config of the LoRA variants: the full fine-tuning model, seed-initialised and saved as the
+    local base both sides load, with adapters of rank --lora-r on every linear projection of the blocks."""
+    from schemas.config_train import LoraConfig, ModelConfig
+    from trainer.model import build_model, load_tokenizer, save_hf
+
+    tok = load_tokenizer(run_dir / "tokenizer")
+    model = build_model(cfg.model, tok, max_seq_len=cfg.pack.max_seq_len, attn="sdpa", seed=cfg.seed)
+    save_hf(model, tok, out)
+    lora = LoraConfig(enabled=True, r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0, target_modules="all-linear")
+    # model_copy: no validation, so the run's tokenizer and template stay those the shards were made with
+    return cfg.model_copy(update={"model": ModelConfig(path=out), "lora": lora})
+
+
+def peft_config_of(cfg: Any) -> Any:
+    """The same adapters as sftforge's [lora], for TRL."""
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      bias="none", task_type="CAUSAL_LM")  # fmt: skip
+
+
 def run_trl(
     run_dir: Path, cfg: Any, conversations: list[list[dict]], packing: bool, out: Path, cpu_tuned: bool = False
 ) -> dict:
     """One TRL SFTTrainer epoch. SFTConfig's defaults include bf16 autocast and gradient checkpointing,
-    slow on a CPU: `cpu_tuned` turns both off (what a user tuning TRL for this CPU would do)."""
+    slow on a CPU: `cpu_tuned` turns both off (what a user tuning TRL for this CPU would do). With
+    `cfg.lora.enabled`, TRL adds the same adapters through `peft_config`."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -128,7 +160,8 @@ def run_trl(
         disable_tqdm=True,
         **({"bf16": False, "gradient_checkpointing": False} if cpu_tuned else {}),
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    peft_config = peft_config_of(cfg) if cfg.lora.enabled else None
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     t0, c0 = time.perf_counter(), time.process_time()
@@ -190,9 +223,19 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--micro-batch", type=int, default=4, help="sftforge packed rows per micro-batch")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    variants = ["sftforge", "trl", "trl_packing", "trl_fp32", "trl_packing_fp32"]
+    ap.add_argument("--lora", action="store_true", help="the LoRA variants (sftforge_lora, trl_lora, trl_lora_packing)")
+    ap.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2 x rank)")
+    full = ["sftforge", "trl", "trl_packing", "trl_fp32", "trl_packing_fp32"]
+    variants = [*full, "sftforge_lora", *(v.replace("trl", "trl_lora", 1) for v in full[1:])]
     ap.add_argument("--only", choices=variants, action="append", help="default: sftforge, trl, trl_packing")
     args = ap.parse_args()
+    chosen = args.only or (["trl_lora", "trl_lora_packing", "sftforge_lora"] if args.lora else
+                           ["trl", "trl_packing", "sftforge"])  # fmt: skip
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        print("TRL is not installed (pip install trl, or `make bench`): its variants are skipped")
+        chosen = [v for v in chosen if v.startswith("sftforge")]
     if args.threads:
         torch.set_num_threads(args.threads)
     import logging
@@ -209,24 +252,33 @@ def main() -> None:
               f"model hidden={args.hidden} layers={args.layers} vocab={args.vocab}, max_seq_len={args.max_seq_len}, "
               f"torch threads={torch.get_num_threads()}")  # fmt: skip
         results: dict[str, dict] = {}
-        for name in args.only or ["trl", "trl_packing", "sftforge"]:
-            if name == "sftforge":
-                results[name] = run_sftforge(run_dir, cfg)
+        lora_cfg = lora_setup(run_dir, cfg, args, tmp / "base") if any("lora" in n for n in chosen) else None
+        if lora_cfg is not None:
+            print(f"LoRA: r={lora_cfg.lora.r} alpha={lora_cfg.lora.alpha:g} on all-linear, base {lora_cfg.model.path}")
+        for name in chosen:
+            vcfg = lora_cfg if "lora" in name else cfg
+            if name.startswith("sftforge"):
+                results[name] = run_sftforge(run_dir, vcfg)
             else:
-                packing, tuned = name.startswith("trl_packing"), name.endswith("_fp32")
-                results[name] = run_trl(run_dir, cfg, convs, packing, tmp / name, cpu_tuned=tuned)
+                packing, tuned = "packing" in name, name.endswith("_fp32")
+                results[name] = run_trl(run_dir, vcfg, convs, packing, tmp / name, cpu_tuned=tuned)
             r = results[name]
             print(f"{name:12s} target tokens {r['target_tokens']:>9,}  steps {r['steps']:>5}  wall {r['wall_s']:7.1f}s  "
                   f"{r['target_tokens_per_s']:>8,.0f} target tok/s  ({r['target_tokens_per_cpu_s']:,.0f} per CPU-s)  "
                   f"padding {100 * r['padding_frac']:5.1f}%  loss {r['loss']:.3f}", flush=True)  # fmt: skip
-        if "sftforge" in results:
-            # wall-clock is the goal's measure; per CPU-second is printed too because this machine is
-            # shared, and a neighbour's load changes wall time far more than CPU time
+        # wall-clock is the goal's measure; per CPU-second is printed too because this machine is
+        # shared, and a neighbour's load changes wall time far more than CPU time
+        for ours, theirs in (("sftforge", [v for v in variants if v.startswith("trl") and "lora" not in v]),
+                             ("sftforge_lora", [v for v in variants if v.startswith("trl_lora")])):  # fmt: skip
+            if ours not in results:
+                continue
             for key in ("target_tokens_per_s", "target_tokens_per_cpu_s"):
-                base = results["sftforge"][key]
-                for name in variants[1:]:
+                for name in theirs:
                     if name in results:
-                        print(f"sftforge / {name} ({key}): {base / results[name][key]:.2f}x")
+                        print(f"{ours} / {name} ({key}): {results[ours][key] / results[name][key]:.2f}x")
+        if "sftforge" in results and "sftforge_lora" in results:
+            ratio = results["sftforge_lora"]["target_tokens_per_s"] / results["sftforge"]["target_tokens_per_s"]
+            print(f"sftforge LoRA / full fine-tuning (target_tokens_per_s): {ratio:.2f}x")
         print(json.dumps(results, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -40,5 +40,8 @@ def _template_problems(cfg: Any) -> list[str]:
     try:
         load_template(cfg.template.name, cfg.tokenizer.path)
     except (TemplateError, ValueError, OSError) as e:
+        if cfg.model.path is not None and str(cfg.template.name) == str(cfg.model.path):
+            return [f"model.path: {cfg.model.path} is used for the chat template (template.name is not set), "
+                    f"but: {e}; set template.name (chatml, llama2, llama3, alpaca or a .jinja file)"]
         return [str(e) if str(e).startswith("template.name") else f"template.name = {str(cfg.template.name)!r}: {e}"]
     return []

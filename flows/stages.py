@@ -43,11 +43,20 @@ class Stage:
         return getattr(importlib.import_module(module), func)(inputs, run_dir, cfg)
 
 
+#: the files of a Hugging Face directory that decide tokenization and the chat template (a model
+#: directory's weights do not, and hashing gigabytes of them would cost minutes per run)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
 def _render_files(cfg: Any) -> list[Path]:
-    files = [Path(cfg.tokenizer.path)] if cfg.tokenizer.path is not None else []
+    paths = [Path(cfg.tokenizer.path)] if cfg.tokenizer.path is not None else []
     name = Path(str(cfg.template.name))
-    if name.exists():
-        files.append(name)
+    if name.exists() and name not in paths:
+        paths.append(name)
+    files: list[Path] = []
+    for p in paths:
+        files += [p / f for f in _TOKENIZER_FILES if (p / f).is_file()] if p.is_dir() else [p]
     return files
 
 
@@ -68,7 +77,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           lambda rd, _: [rd.shards, rd.stage_dir("pack")]),
 )}
 #: not a data stage, but cached the same way: the model trained on the shards
-TRAIN = Stage("train", "trainer.fit:train", ("trainer.fit",), ("model", "train", "seed"), ("pack",),
+TRAIN = Stage("train", "trainer.fit:train", ("trainer.fit",), ("model", "train", "lora", "seed"), ("pack",),
               lambda rd, _: [rd.model, rd.train])
 
 

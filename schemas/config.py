@@ -18,7 +18,7 @@ from schemas.config_flow import GateConfig, ReportConfig, RunnerConfig
 from schemas.config_mix import BeforeAfterConfig, MixConfig, SelectConfig
 from schemas.config_render import PackConfig, TemplateConfig, TokenizerConfig
 from schemas.config_sources import SourceConfig
-from schemas.config_train import ModelConfig, TrainConfig
+from schemas.config_train import LoraConfig, ModelConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,7 @@ class RunConfig(BaseModel):
     pack: PackConfig = Field(default_factory=PackConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
@@ -56,9 +57,22 @@ class RunConfig(BaseModel):
             seen.add(s.name)
         return self
 
+    @model_validator(mode="after")
+    def _model_renders_with_its_own_tokenizer(self) -> RunConfig:
+        """With a pre-trained model (model.path), the shards are made with the model directory's own
+        tokenizer and chat template, what it will be served with, unless the config names others
+        (`model_fields_set`: what the file or a --set gave)."""
+        if self.model.path is None:
+            return self
+        if "path" not in self.tokenizer.model_fields_set:
+            self.tokenizer = self.tokenizer.model_copy(update={"path": self.model.path})
+        if "name" not in self.template.model_fields_set:
+            self.template = self.template.model_copy(update={"name": str(self.model.path)})
+        return self
+
     #: sections that do not decide the curated data: where it goes, how the flow runs, training
     NOT_DATA: ClassVar[frozenset[str]] = frozenset(
-        {"name", "output_dir", "runner", "gate", "report", "model", "train", "before_after"}
+        {"name", "output_dir", "runner", "gate", "report", "model", "train", "lora", "before_after"}
     )
 
     def data_hash(self) -> str:

@@ -10,12 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from trainer_fixtures import make_run_dir, tiny_config
+from trainer_fixtures import (
+    make_run_dir,
+    one_and_four_micro_batches,
+    packed_and_alone_losses,
+    take_grads,
+    tiny_config,
+    train_rows,
+)
 
 from schemas.config import ConfigError, load_config
-from trainer.data import ShardSet, StepPlan, collate, epoch_order
-from trainer.fit import forward_backward, lr_at, segment_losses, train
-from trainer.inputs import RunDirError, read_manifest, shard_paths
+from trainer.data import StepPlan, collate, epoch_order
+from trainer.fit import forward_backward, lr_at, train
+from trainer.inputs import RunDirError
 from trainer.loss import TargetLoss
 from trainer.model import build_model, load_tokenizer, resolve_attn
 
@@ -37,20 +44,9 @@ def _model(run_dir: Path, attn: str = "sdpa", seed: int = 0):
     return build_model(cfg.model, tok, max_seq_len=64, attn=name, seed=seed), tok
 
 
-def _train_rows(run_dir: Path):
-    shards = ShardSet(shard_paths(run_dir, read_manifest(run_dir))["train"])
-    return [shards.row(u, i) for u in range(len(shards.units)) for i in range(int(shards.unit_rows[u]))]
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return out
-
-
 def test_loss_equals_reference_cross_entropy_on_targets(run_dir: Path) -> None:
     model, tok = _model(run_dir)
-    row = _train_rows(run_dir)[0]
+    row = train_rows(run_dir)[0]
     # one conversation alone: the reference is HF's logits with labels -100 off the targets
     n = int(row.seq_lens[0])
     ids = torch.from_numpy(row.input_ids[:n]).unsqueeze(0)
@@ -67,29 +63,29 @@ def test_loss_equals_reference_cross_entropy_on_targets(run_dir: Path) -> None:
 @pytest.mark.parametrize("attn", list(ATTN))
 def test_masked_token_target_changes_neither_loss_nor_gradients(run_dir: Path, attn: str) -> None:
     model, tok = _model(run_dir, attn)
-    row = next(r for r in _train_rows(run_dir) if len(r.seq_lens) >= 2)
+    row = next(r for r in train_rows(run_dir) if len(r.seq_lens) >= 2)
     # the last token of the first segment is a masked "\n": no target, and (packing isolation) no
     # later token of its own segment or any other segment sees it
     end = int(row.seq_lens[0]) - 1
     assert not row.loss_mask[end]
     module = TargetLoss(model)
 
-    def loss_and_grads(token: int, target: bool = False):
+    def loss_andtake_grads(token: int, target: bool = False):
         ids, mask = row.input_ids.copy(), row.loss_mask.copy()
         ids[end], mask[end] = token, target
         b = collate([type(row)(ids, mask, row.seq_lens, row.conversation_ids)], pad_id=0, flat=ATTN[attn])
         forward_backward(module, [b], global_targets=b.n_targets)
         losses, _, _ = module(b.input_ids, b.loss_mask, b.position_ids, b.attention_mask, b.segments)
-        return losses.detach().sum().item(), _grads(model)
+        return losses.detach().sum().item(), take_grads(model)
 
-    base_loss, base_grads = loss_and_grads(int(row.input_ids[end]))
+    base_loss, base_grads = loss_andtake_grads(int(row.input_ids[end]))
     for token in (5, 17, tok.convert_tokens_to_ids("<|im_end|>")):
-        loss, grads = loss_and_grads(token)
+        loss, grads = loss_andtake_grads(token)
         assert loss == pytest.approx(base_loss, abs=0, rel=1e-6)
         for name, g in base_grads.items():
             torch.testing.assert_close(grads[name], g, rtol=1e-6, atol=1e-8)
     # the same token made a target does change the loss: the test can fail
-    loss, _ = loss_and_grads(17, target=True)
+    loss, _ = loss_andtake_grads(17, target=True)
     assert loss != pytest.approx(base_loss, rel=1e-4)
 
 
@@ -97,17 +93,9 @@ def test_masked_token_target_changes_neither_loss_nor_gradients(run_dir: Path, a
 def test_batch_8_accum_1_equals_batch_2_accum_4(run_dir: Path, attn: str) -> None:
     model, _ = _model(run_dir, attn)
     module = TargetLoss(model)
-    rows = _train_rows(run_dir)[:8]
+    rows = train_rows(run_dir)[:8]
     flat = ATTN[attn]
-    counts = [collate(rows[i : i + 2], 0).n_targets for i in range(0, 8, 2)]
-    assert len(set(counts)) > 1, "fixture must give uneven target counts per micro-batch"
-    total = sum(counts)
-    one = forward_backward(module, [collate(rows, 0, flat=flat)], global_targets=total)
-    g1 = _grads(model)
-    four = forward_backward(
-        module, [collate(rows[i : i + 2], 0, flat=flat) for i in range(0, 8, 2)], global_targets=total
-    )
-    g4 = _grads(model)
+    one, g1, four, g4 = one_and_four_micro_batches(module, model, rows, flat)
     assert four == pytest.approx(one, rel=1e-6)
     for name in g1:
         torch.testing.assert_close(g4[name], g1[name], rtol=1e-5, atol=1e-7)
@@ -115,7 +103,7 @@ def test_batch_8_accum_1_equals_batch_2_accum_4(run_dir: Path, attn: str) -> Non
     naive = [collate(rows[i : i + 2], 0, flat=flat) for i in range(0, 8, 2)]
     for b in naive:
         forward_backward(module, [b], global_targets=b.n_targets * 4)
-    gn = _grads(model)
+    gn = take_grads(model)
     assert not torch.allclose(gn["model.embed_tokens.weight"], g1["model.embed_tokens.weight"], rtol=1e-3)
 
 
@@ -123,15 +111,8 @@ def test_batch_8_accum_1_equals_batch_2_accum_4(run_dir: Path, attn: str) -> Non
 def test_packed_and_unpacked_give_the_same_per_conversation_losses(run_dir: Path, attn: str) -> None:
     model, _ = _model(run_dir, attn)
     module = TargetLoss(model).eval()
-    rows = [r for r in _train_rows(run_dir) if len(r.seq_lens) >= 2][:3]
-    packed = segment_losses(module, collate(rows, 0, flat=ATTN[attn]), torch.device("cpu"))
-    alone: dict[str, list[float]] = {}
-    for r in rows:
-        start = 0
-        for n, cid in zip(r.seq_lens.tolist(), r.conversation_ids, strict=True):
-            one = type(r)(r.input_ids[start : start + n], r.loss_mask[start : start + n], r.seq_lens[:1] * 0 + n, [cid])
-            alone.update(segment_losses(module, collate([one], 0), torch.device("cpu")))
-            start += n
+    rows = [r for r in train_rows(run_dir) if len(r.seq_lens) >= 2][:3]
+    packed, alone = packed_and_alone_losses(module, rows, ATTN[attn])
     assert packed.keys() == alone.keys() and len(packed) >= 6
     for cid, (s, c) in alone.items():
         assert packed[cid][1] == c

@@ -16,4 +16,8 @@ directory), train/metrics.jsonl, train/eval.json, train/summary.json, train/chec
 - Defaults (`schemas/config_train.py`): a 2-layer, 128-wide Llama built from scratch, 3 epochs,
   2 packed rows per step, AdamW 2e-3 with warm-up and cosine decay: the demo (about 20 rows of
   2048 tokens) takes ~30 steps, a minute or two on a CPU. Set `model.path` to a local HF model directory to fine-tune a real model.
+  With `model.path`, the [train] keys the config leaves unset get fine-tuning defaults (`trainer.defaults`).
+- LoRA (`[lora]`, `trainer.lora` through peft; QLoRA on CUDA): only adapters train; model/adapter/ and
+  the merged model/. `trainer.prepare` builds the model (bf16 frozen base, activation checkpointing);
+  `trainer.fsdp` shards it with FSDP2 under torchrun (`train.parallel = "fsdp"`).
 """

@@ -2,7 +2,7 @@
 
 Also the entry point of each torchrun worker (`torchrun --nproc_per_node N -m trainer RUN_DIR ...`):
 every rank runs this, joins the process group from the environment, and rank 0 alone writes.
-Without --config only the [model]/[train] defaults (plus --set overrides such as
+Without --config only the [model]/[train]/[lora] defaults (plus --set overrides such as
 `train.max_steps=10`) apply. User errors exit with status 2 and one message, no traceback.
 """
 
@@ -18,29 +18,30 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.config import ConfigError, RunConfig, format_validation_error, load_config, parse_override
-from schemas.config_train import ModelConfig, TrainConfig
+from schemas.config_train import LoraConfig, ModelConfig, TrainConfig
 
 
 def config_for(run_dir: Path, config: str | None, overrides: list[str]) -> RunConfig:
-    """The run config: from a TOML file, else the [model]/[train] defaults (and --set) for this run dir."""
+    """The run config: from a TOML file, else the [model]/[train]/[lora] defaults (and --set) for this run dir."""
     if config:
         return load_config(config, overrides)
-    sections: dict[str, Any] = {"model": {}, "train": {}, "seed": 0}
+    sections: dict[str, Any] = {"model": {}, "train": {}, "lora": {}, "seed": 0}
     for key, value in (parse_override(o) for o in overrides):
         head, _, rest = key.partition(".")
         if head == "seed" and not rest:
             sections["seed"] = value
-        elif head in ("model", "train") and rest and "." not in rest:
+        elif head in ("model", "train", "lora") and rest and "." not in rest:
             sections[head][rest] = value
         else:
-            raise ConfigError(f"--set {key}: without --config only model.*, train.* and seed can be set")
+            raise ConfigError(f"--set {key}: without --config only model.*, train.*, lora.* and seed can be set")
     try:
         part = _TrainSections.model_validate(sections)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, "--set")) from None
     # no sources are needed to train on finished shards, so the source list is not validated here
     return RunConfig.model_construct(
-        name=run_dir.name or "run", output_dir=run_dir, seed=part.seed, sources=[], model=part.model, train=part.train
+        name=run_dir.name or "run", output_dir=run_dir, seed=part.seed, sources=[], model=part.model,
+        train=part.train, lora=part.lora,
     )
 
 
@@ -51,13 +52,14 @@ class _TrainSections(BaseModel):
     seed: int = Field(default=0, ge=0)
     model: ModelConfig
     train: TrainConfig
+    lora: LoraConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and train; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Train on a curated run directory.")
     parser.add_argument("run_dir", type=Path, help="a run directory with manifest.json, shards/ and tokenizer/")
-    parser.add_argument("--config", help="the run's TOML config (its [model] and [train] sections are used)")
+    parser.add_argument("--config", help="the run's TOML config (its [model], [train] and [lora] sections are used)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     args = parser.parse_args(argv)

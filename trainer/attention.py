@@ -1,4 +1,4 @@
-"""Segment-wise causal attention for packed rows where no varlen kernel exists (the CPU, CUDA without flash-attn).
+"""Attention for packed rows without padding: per-segment SDPA (`VARLEN`) and FlexAttention (`FLEX`).
 
 A block-diagonal mask keeps packed conversations apart but still computes every (query, key) pair
 of the row and throws most away: for ~250-token conversations packed into 2048-token rows that is
@@ -6,6 +6,11 @@ of the row and throws most away: for ~250-token conversations packed into 2048-t
 segment with SDPA's causal kernel, so the work is sum(len_i^2), as with flash-attn's varlen kernels.
 Registered with transformers' AttentionInterface under `VARLEN`; the segment bounds reach it as the
 `sftforge_segments` keyword, which transformers passes through the decoder layers.
+
+On CUDA without flash-attn, `FLEX` runs the whole concatenated sequence through one compiled
+FlexAttention kernel with a document mask (causal, and a query sees only keys of its own segment), which
+skips the masked blocks: one kernel launch per layer instead of one per segment. Its block mask is
+built once per batch (every layer sees the same segments). FlexAttention has no backward on the CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 VARLEN = "sftforge_varlen"
+FLEX = "sftforge_flex"
 
 
 def varlen_attention(
@@ -48,9 +54,88 @@ def varlen_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+_cache: dict[str, Any] = {}
+
+
+def _block_mask(segments: list[tuple[int, int]], device: torch.device) -> Any:
+    """The document mask of one batch's segments (cached: every layer of a forward asks for the same)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (tuple(segments), str(device))
+    if _cache.get("mask_key") != key:
+        lengths = torch.tensor([e - s for s, e in segments], device=device)
+        doc = torch.repeat_interleave(torch.arange(len(segments), device=device), lengths)
+
+        def same_segment_causal(b: Any, h: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return (doc[q] == doc[k]) & (q >= k)
+
+        total = segments[-1][1]
+        mask = create_block_mask(
+            same_segment_causal, None, None, total, total, device=str(device), _compile=device.type == "cuda"
+        )
+        _cache.update(mask_key=key, mask=mask)
+    return _cache["mask"]
+
+
+def _flex_kernel(device: torch.device) -> Any:
+    """flex_attention compiled once on CUDA (its fused kernel); eager elsewhere (the CPU: forward only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if "kernel" not in _cache:
+        _cache["kernel"] = torch.compile(flex_attention)
+    return _cache["kernel"]
+
+
+def flex_attention_packed(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sftforge_segments: list[tuple[int, int]] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """query [1, H, T, D], key/value [1, Hkv, T, D] -> ([1, T, H, D], None) under the document mask."""
+    if sftforge_segments is None:  # generation, or a caller that did not pack
+        return varlen_attention(module, query, key, value, attention_mask, scaling, dropout, None, **kwargs)
+    out = _flex_kernel(query.device)(
+        query, key, value, block_mask=_block_mask(sftforge_segments, query.device), scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # fmt: skip
+    return out.transpose(1, 2).contiguous(), None
+
+
 def register() -> str:
     """Make `VARLEN` a valid `attn_implementation` (idempotent); returns its name."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(VARLEN, varlen_attention)
     return VARLEN
+
+
+def register_flex() -> str:
+    """Make `FLEX` a valid `attn_implementation` (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FLEX, flex_attention_packed)
+    return FLEX
+
+
+def flex_available() -> bool:
+    """FlexAttention is in this torch (2.5+)."""
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def flash_attn_available() -> bool:
+    """flash-attn (its varlen kernels, used by transformers' flash_attention_2) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None

@@ -6,6 +6,9 @@ The prompts are a fixed, seeded choice among the validation conversations (the c
 are fewer than asked, training conversations fill up, each row saying its `split`. A prompt is the conversation up to its last assistant turn, and
 that turn is the reference answer. Decoding is greedy (`before_after.max_new_tokens`), rendered
 with each model directory's own chat template.
+
+Under LoRA the starting model is the base the adapter names (no copy in train/model_init/), and the
+trained one is model/ when it holds the merged model, else the base with model/adapter/ loaded onto it.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def load_model(model_dir: Path, fallback_tokenizer_dirs: list[Path]) -> tuple[An
     that has one (a starting model may have been saved without it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (model_dir / "config.json").exists():
+    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
         raise FileNotFoundError(f"{model_dir}: no Hugging Face model here (config.json missing)")
     for d in [model_dir, *fallback_tokenizer_dirs]:
         if (d / "tokenizer.json").exists() or (d / "tokenizer_config.json").exists():
@@ -84,9 +87,37 @@ def load_model(model_dir: Path, fallback_tokenizer_dirs: list[Path]) -> tuple[An
         raise FileNotFoundError(
             f"{model_dir}: no tokenizer next to the model, nor in {fallback_tokenizer_dirs}"
         )
+    # a PEFT adapter directory loads as its base with the adapter on (transformers' peft integration)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
     return model, tokenizer
+
+
+def adapter_base(adapter_dir: Path) -> Path | None:
+    """The base model directory a PEFT adapter names (None without an adapter)."""
+    cfg = adapter_dir / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    return Path(base) if base else None
+
+
+def compared_models(rd: RunDir) -> dict[str, tuple[Path, str]]:
+    """{"before": (directory, label), "after": (directory, label)}: the starting and the trained model."""
+    adapter = rd.model / "adapter"
+    base = adapter_base(adapter)
+    before = rd.root / "train" / "model_init"
+    if not (before / "config.json").exists():
+        if base is None:
+            raise FileNotFoundError(
+                f"{before}: the starting model was not saved; set train.save_initial_model = true and train again"
+            )
+        before = base
+    if (rd.model / "config.json").exists() or base is None:
+        after = (rd.model, str(rd.model))
+    else:  # LoRA without merging: the base with the adapter on
+        after = (adapter, f"{base} + {adapter}")
+    return {"before": (before, str(before)), "after": after}
 
 
 def shown_answer(text: str) -> str:
@@ -168,17 +199,13 @@ def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     bcfg = cfg.before_after
     if not bcfg.enabled:
         return None
-    before_dir, after_dir = rd.root / "train" / "model_init", rd.model
-    if not (before_dir / "config.json").exists():
-        raise FileNotFoundError(
-            f"{before_dir}: the starting model was not saved; set train.save_initial_model = true and train again"
-        )
+    models = compared_models(rd)
     chosen = choose_prompts(rd.root, bcfg.num_prompts, cfg.seed)
     split = [split_reference(m) for m in chosen["messages"].to_list()]
     prompts = [p for p, _ in split]
     answers: dict[str, list[dict[str, Any]]] = {}
-    for side, model_dir in (("before", before_dir), ("after", after_dir)):
-        model, tokenizer = load_model(model_dir, [after_dir, rd.tokenizer])
+    for side, (model_dir, _) in models.items():
+        model, tokenizer = load_model(model_dir, [rd.model, rd.model / "adapter", rd.tokenizer])
         answers[side] = greedy_answers(model, tokenizer, prompts, bcfg.max_new_tokens, bcfg.max_prompt_tokens)
         del model
     eval_path = rd.root / "train" / "eval.json"
@@ -203,7 +230,7 @@ def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
         )
     ]
     result = {
-        "models": {"before": str(before_dir), "after": str(after_dir)},
+        "models": {side: label for side, (_, label) in models.items()},
         "decoding": {
             "greedy": True,
             "max_new_tokens": bcfg.max_new_tokens,

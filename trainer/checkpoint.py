@@ -2,6 +2,8 @@
 
 A checkpoint is a directory `train/checkpoints/step-NNNNNNNN/` holding
 - `model.safetensors`: the model's state dict (tied weights once, as safetensors' `save_model` writes them);
+  under LoRA only the trainable tensors (the adapters), the frozen base named by its fingerprint
+  (`base_hash` in state.json, trainer.lora.base_fingerprint), so a resume onto another base is refused;
 - `optimizer.safetensors`: the optimizer state's tensors, named `state.<param index>.<key>` (AdamW's
   exp_avg, exp_avg_sq, step) and `param_groups.<group index>.<key>` for a hyperparameter held as a tensor;
 - `state.json`: the step, what the loop needs to resume (`resume`), the optimizer's param_groups and
@@ -50,10 +52,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any],
     keep: int,
+    base_hash: str | None = None,
+    full_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically and delete all but the newest `keep`.
 
     `extra` (JSON-able: ints, floats, strings, lists, dicts) comes back from `load_checkpoint`.
+    With `base_hash` (a frozen base: LoRA) only the parameters that require grad are written.
+    `full_state` gives the model tensors and the optimizer state dict gathered from a sharded model
+    (trainer.fsdp), written in place of `model`'s and `optimizer`'s own.
     """
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{PREFIX}{step:08d}"
@@ -61,11 +68,18 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    opt_tensors, opt_rest = _split_optimizer(optimizer.state_dict())
-    save_model(model, str(tmp / MODEL))
+    opt_tensors, opt_rest = _split_optimizer(optimizer.state_dict() if full_state is None else full_state[1])
+    if full_state is not None:
+        save_file(full_state[0], str(tmp / MODEL))
+    elif base_hash is None:
+        save_model(model, str(tmp / MODEL))
+    else:
+        save_file(trainable_tensors(model), str(tmp / MODEL))
     save_file(opt_tensors, str(tmp / OPTIMIZER))
     state = {"format": FORMAT, "version": VERSION, "step": step, "resume": extra, "optimizer": opt_rest,
              "rng": _rng_state()}  # fmt: skip
+    if base_hash is not None:
+        state["model"] = {"params": "trainable", "base_hash": base_hash}
     (tmp / STATE).write_text(json.dumps(state, default=_not_json), encoding="utf-8")
     for name in FILES:
         _fsync(tmp / name)
@@ -97,10 +111,23 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that require grad, by name (a LoRA checkpoint's model.safetensors)."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    base_hash: str | None = None,
+    sharded: bool = False,
+) -> dict[str, Any]:
     """Restore model, optimizer and RNG from `path`; returns {"step": ..., **extra}.
 
-    Reads safetensors and JSON only. Raises CheckpointError for a directory in any other form.
+    Reads safetensors and JSON only. Raises CheckpointError for a directory in any other form, and for
+    one of the other kind (full weights vs. adapters on the base `base_hash`) or of another base.
+    `sharded`: the model is FSDP-sharded (trainer.fsdp shards the full tensors into it).
     """
     path = Path(path)
     fix = _fix(path)
@@ -120,8 +147,32 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         step, extra = int(state["step"]), dict(state["resume"])
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
         raise CheckpointError(f"{path / STATE}: malformed checkpoint state ({type(e).__name__}: {e}); {fix}") from None
+    _check_kind(path, state.get("model"), base_hash, fix)
+    if sharded:
+        from trainer.fsdp import load_full_state
+
+        try:
+            load_full_state(model, optimizer, _read_tensors(path / MODEL, fix), opt_state, base_hash is not None)
+        except (RuntimeError, KeyError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{path}: does not fit this model and optimizer ({e}); {fix}") from None
+    else:
+        _load_unsharded(path, model, optimizer, opt_state, base_hash is not None, fix)
     try:
-        load_model(model, path / MODEL, strict=True)
+        _set_rng_state(rng)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path / STATE}: malformed RNG state ({e}); {fix}") from None
+    return {"step": step, **extra}
+
+
+def _load_unsharded(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, opt_state: dict[str, Any],
+    trainable_only: bool, fix: str,
+) -> None:
+    try:
+        if trainable_only:
+            _load_trainable(model, _read_tensors(path / MODEL, fix))
+        else:
+            load_model(model, path / MODEL, strict=True)
     except SafetensorError as e:
         raise CheckpointError(f"{path / MODEL}: not a readable safetensors file ({e}); {fix}") from None
     except RuntimeError as e:
@@ -130,11 +181,39 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         optimizer.load_state_dict(opt_state)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path / OPTIMIZER}: does not fit this optimizer ({e}); {fix}") from None
-    try:
-        _set_rng_state(rng)
-    except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path / STATE}: malformed RNG state ({e}); {fix}") from None
-    return {"step": step, **extra}
+
+
+def _check_kind(path: Path, saved: Any, base_hash: str | None, fix: str) -> None:
+    """The checkpoint holds what this run trains: full weights, or adapters on the same frozen base."""
+    saved_hash = saved.get("base_hash") if isinstance(saved, dict) else None
+    if base_hash is None and saved_hash is None:
+        return
+    if base_hash is None:
+        raise CheckpointError(
+            f"{path}: holds LoRA adapters, but this run fine-tunes all weights (lora.enabled = false); {fix}"
+        )
+    if saved_hash is None:
+        raise CheckpointError(
+            f"{path}: holds full weights, but this run trains LoRA adapters (lora.enabled = true); {fix}"
+        )
+    if saved_hash != base_hash:
+        raise CheckpointError(
+            f"{path}: its adapters were trained on another base model (fingerprint {saved_hash}, this run's base "
+            f"is {base_hash}): resume with the same model.path, dtype and lora settings; {fix}"
+        )
+
+
+def _load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy a LoRA checkpoint's tensors into the model's trainable parameters (exactly those, same shapes)."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if tensors.keys() != params.keys():
+        missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
+        raise RuntimeError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            if tensors[name].shape != p.shape:
+                raise RuntimeError(f"{name}: shape {tuple(tensors[name].shape)}, the model has {tuple(p.shape)}")
+            p.copy_(tensors[name])
 
 
 def _fix(path: Path) -> str:

@@ -163,7 +163,7 @@ def collate(rows: Sequence[Row], pad_id: int, *, flat: bool = False) -> Batch:
     """Pad rows to the longest one and build position ids, segment ids and the attention mask.
 
     The first token of every segment is forced to be a non-target, whatever the shard says: it has
-    no earlier token of its own conversation to be predicted from (CONTRACTS.md), and this is what
+    no earlier token of its own conversation to be predicted from (docs/CONTRACTS.md), and this is what
     stops the one-token label shift from crossing a segment boundary.
     `flat=True` concatenates all rows into one [1, sum(L)] sequence with no padding and no mask, and
     lists the segment bounds (for varlen attention: trainer.attention or flash-attn).

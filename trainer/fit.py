@@ -26,20 +26,22 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from pipeline.core.rundir import atomic_write_json
 from schemas.config import RunConfig
-from schemas.config_train import TrainConfig
-from trainer.attention import VARLEN
+from schemas.config_train import LoraConfig, TrainConfig
+from trainer.attention import FLEX, VARLEN
 from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.data import Batch, ShardSet, StepPlan, TrainStream, collate, eval_batches
+from trainer.defaults import finetune_defaults, warmup_of
 from trainer.inputs import conversation_meta, read_manifest, shard_paths
 from trainer.loss import TargetLoss, step_scale
-from trainer.model import build_model, load_tokenizer, resolve_attn, resolve_device, save_hf
+from trainer.model import load_tokenizer, resolve_attn, resolve_device, save_hf
+from trainer.prepare import Prepared, compute_dtype, prepare_model
 
 Log = Callable[[str], None]
 
 
 def lr_at(step: int, total_steps: int, tcfg: TrainConfig) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warm-up, then cosine to lr x min_lr_ratio."""
-    warm = min(tcfg.warmup_steps, max(0, total_steps - 1))
+    warm = min(warmup_of(tcfg, total_steps), max(0, total_steps - 1))
     if step < warm:
         return tcfg.lr * (step + 1) / warm
     span = max(1, total_steps - warm - 1)
@@ -49,7 +51,7 @@ def lr_at(step: int, total_steps: int, tcfg: TrainConfig) -> float:
 
 
 def _amp(device: torch.device, tcfg: TrainConfig) -> contextlib.AbstractContextManager:
-    if tcfg.dtype == "bfloat16" or (tcfg.dtype == "auto" and device.type == "cuda"):
+    if compute_dtype(device, tcfg) == torch.bfloat16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -150,15 +152,28 @@ def evaluate(
     flat: bool = False,
     rank: int = 0,
     world: int = 1,
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """Validation loss overall, per source and per tier (conversation_id -> source/tier via curated/)."""
+    """Validation loss overall, per source and per tier (conversation_id -> source/tier via curated/).
+
+    `sharded` (FSDP): every forward all-gathers weights with the other ranks, so a rank with fewer
+    validation batches runs extra forwards, whose losses it drops, until all ranks ran as many.
+    """
     per_conv: dict[str, list[float]] = {}
     was_training = module.training
     module.eval()
+    done = 0
     for rows in eval_batches(shards, batch_rows, rank, world, tcfg.eval_max_rows):
         with _amp(device, tcfg):
             part = segment_losses(module, collate(rows, pad_id, flat=flat), device)
         _add_into(per_conv, part)
+        done += 1
+    if sharded:
+        n_rows = min(tcfg.eval_max_rows, shards.n_rows) if tcfg.eval_max_rows else shards.n_rows
+        n_batches = math.ceil(n_rows / batch_rows)
+        for _ in range(math.ceil(n_batches / world) - done):
+            with _amp(device, tcfg):
+                segment_losses(module, collate([shards.row(0, 0)], pad_id, flat=flat), device)
     module.train(was_training)
     if world > 1:
         per_conv = _gather_losses(per_conv, world, device)
@@ -211,11 +226,19 @@ def train(run_dir: Path, cfg: RunConfig, *, resume: bool = False, log: Log | Non
     `log` receives human-readable progress lines (rank 0 only). Returns a summary dict.
     """
     run_dir = Path(run_dir)
-    tcfg = cfg.train
     manifest = read_manifest(run_dir)
     splits = shard_paths(run_dir, manifest)
+    cfg, applied = finetune_defaults(cfg)
+    tcfg = cfg.train
     rank, world, own_group = _dist_setup(tcfg.device)
     say: Log = (log or _default_log) if rank == 0 else (lambda _line: None)
+    if applied:
+        shown = ", ".join(f"{k}={v:g}" for k, v in applied.items())
+        say(f"fine-tuning defaults for model.path (the config leaves them unset): {shown}")
+    template = manifest.get("template")
+    if cfg.model.path is not None and template:
+        own = Path(str(template)) == Path(cfg.model.path)
+        say("the shards were rendered with " + ("the model's own chat template" if own else f"template {template!r}"))
     if world == 1 and tcfg.nproc > 1:
         # not launched by torchrun: one process accumulating nproc x as many micro-batches takes
         # exactly the same steps (the loss is normalised over the whole step either way)
@@ -275,6 +298,8 @@ class Run:
     attn: str
     flat: bool  # varlen attention: one concatenated sequence per micro-batch, no padding, no mask
     tokenizer: PreTrainedTokenizerFast
+    lora: LoraConfig
+    prepared: Prepared  # the model and, under LoRA, its PeftModel, base fingerprint and base directory
     pad_id: int
     train_shards: ShardSet
     val_shards: ShardSet | None
@@ -285,6 +310,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     module: nn.Module  # what a train step runs: TargetLoss(model), compiled and DDP-wrapped as configured
     eval_module: nn.Module  # the same without DDP: ranks may see different numbers of val batches
+    sharded: bool = False  # FSDP2: the model's parameters are sharded over the ranks (trainer.fsdp)
 
     @property
     def is_main(self) -> bool:
@@ -336,30 +362,40 @@ def setup(
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     train_shards, val_shards = _shards(run_dir, splits, tcfg)
     max_len = max(train_shards.max_row_len(), val_shards.max_row_len() if val_shards else 0)
-    model = build_model(
-        cfg.model, tokenizer, max_seq_len=max_len, positions=max(seq_cap, max_len), attn=attn, seed=seed
-    ).to(device)
+    sharded = tcfg.parallel == "fsdp" and world > 1
+    prepared = prepare_model(
+        cfg, tokenizer, device, attn, max_len=max_len, positions=max(seq_cap, max_len), seed=seed,
+        run_dir=run_dir, write_base=rank == 0, sharded=sharded,
+    )  # fmt: skip
+    model = prepared.model
+    loss_module = TargetLoss(model, tcfg.loss_chunk_tokens)
+    if sharded:  # before the optimizer, which then holds the shards
+        from trainer.fsdp import shard_model
+
+        shard_model(loss_module, compute_dtype(device, tcfg))
     plan = StepPlan(tcfg.micro_batch_size, tcfg.grad_accum, world)
     stream = TrainStream(train_shards, plan, seed, tcfg.shuffle_window)
     total_steps = tcfg.max_steps or max(1, math.ceil(tcfg.epochs * stream.steps_per_epoch))
     optimizer = _optimizer(model, tcfg, total_steps)
-    loop = _resume(run_dir / "train" / "checkpoints", model, optimizer, plan, total_steps, say) if resume else Loop()
+    ckpts = run_dir / "train" / "checkpoints"
+    loop = _resume(ckpts, model, optimizer, plan, total_steps, say, prepared.base_hash, sharded) if resume else Loop()
     # wrapped after the checkpoint is loaded: DDP broadcasts rank 0's weights when it is built
-    eval_module: nn.Module = TargetLoss(model)
+    eval_module: nn.Module = loss_module
     if tcfg.compile:
         eval_module = torch.compile(eval_module)
     module = eval_module
-    if world > 1:
+    if world > 1 and not sharded:
         ids = [device.index] if device.type == "cuda" else None
         module = nn.parallel.DistributedDataParallel(eval_module, device_ids=ids, broadcast_buffers=False)
     run = Run(
         run_dir=run_dir, tcfg=tcfg, rank=rank, world=world, say=say, device=device, attn=attn,
-        flat=attn in ("flash_attention_2", VARLEN),
-        tokenizer=tokenizer, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        flat=attn in ("flash_attention_2", VARLEN, FLEX),
+        tokenizer=tokenizer, lora=cfg.lora, prepared=prepared,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         train_shards=train_shards, val_shards=val_shards,
         meta=conversation_meta(run_dir) if val_shards is not None else {},
         stream=stream, total_steps=total_steps, model=model, optimizer=optimizer, module=module,
-        eval_module=eval_module,
+        eval_module=eval_module, sharded=sharded,
     )  # fmt: skip
     return run, loop
 
@@ -397,13 +433,15 @@ def _resume(
     plan: StepPlan,
     total_steps: int,
     say: Log,
+    base_hash: str | None = None,
+    sharded: bool = False,
 ) -> Loop:
     """Model, optimizer and RNG from the newest checkpoint, and the loop state to go on from."""
     latest = latest_checkpoint(ckpt_root)
     if latest is None:
         say("no checkpoint to resume from; starting fresh")
         return Loop()
-    state = load_checkpoint(latest, model, optimizer)
+    state = load_checkpoint(latest, model, optimizer, base_hash, sharded)
     if state.get("rows_per_step") != plan.rows_per_step:
         raise CheckpointError(
             f"{latest}: saved with {state.get('rows_per_step')} rows per step, now "
@@ -438,13 +476,14 @@ def fit(run: Run, loop: Loop) -> dict[str, Any]:
     `save_every` steps and at the end, with model/. Returns the summary (also train/summary.json).
     """
     tcfg, total = run.tcfg, run.total_steps
-    if run.is_main and tcfg.save_initial_model and loop.start_step == 0:
-        save_hf(run.model, run.tokenizer, run.train_dir / "model_init")
+    # under LoRA the starting model is the base the adapter names (trainer.prepare wrote a from-scratch one)
+    if tcfg.save_initial_model and loop.start_step == 0 and run.prepared.peft is None:
+        _save_full_model(run, run.train_dir / "model_init")
     metrics = _Metrics(run.train_dir / "metrics.jsonl", run.is_main, loop.start_step if loop.resumed else None)
-    n_params = sum(p.numel() for p in run.model.parameters())
     run.say(
-        f"training {n_params / 1e6:.2f}M params on {run.device} ({run.attn}), {run.world} process(es): "
-        f"{run.train_shards.n_rows} train rows, {run.stream.plan.rows_per_step} rows/step, {total} steps"
+        f"training {_describe_params(run)} on {run.device} ({run.attn}), {run.world} process(es): "
+        f"{run.train_shards.n_rows} train rows, {run.stream.plan.rows_per_step} rows/step, {total} steps, "
+        f"lr {tcfg.lr:g}"
     )
     if loop.start_step == 0:
         _validate(run, loop, 0)
@@ -465,7 +504,7 @@ def fit(run: Run, loop: Loop) -> dict[str, Any]:
             metrics.write(_metrics_row(run, step, res, elapsed))
         bar.set_postfix(loss=f"{res.loss:.3f}", tok_s=f"{loop.tokens / elapsed:,.0f}", refresh=False)
         bar.update(1)
-        if _due(tcfg.save_every, n, total) and run.is_main:
+        if _due(tcfg.save_every, n, total):
             _save(run, loop, n)
         if _due(tcfg.eval_every, n, total):
             _validate(run, loop, n)
@@ -497,11 +536,25 @@ def train_step(run: Run, step: int) -> StepResult:
     )  # fmt: skip
     params = [p for p in run.model.parameters() if p.requires_grad]  # model order: the norm's float sum
     grad_norm = torch.nn.utils.clip_grad_norm_(params, run.tcfg.clip if run.tcfg.clip > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+        grad_norm = grad_norm.full_tensor()
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     (loss_total,) = _all_reduce([loss_sum], run.world, run.device)
     seconds = time.perf_counter() - t
     return StepResult(loss_total / max(1.0, targets), lr, float(grad_norm), tokens, targets, slots, seconds)
+
+
+def _describe_params(run: Run) -> str:
+    p = run.prepared
+    if p.peft is None:
+        return f"{p.total / 1e6:.2f}M params"
+    from trainer.lora import adapted_modules
+
+    return (
+        f"LoRA r={run.lora.r} alpha={run.lora.alpha:g} on {len(adapted_modules(p.model))} modules: "
+        f"{p.trainable / 1e6:.3f}M trainable of {p.total / 1e6:.2f}M params ({100 * p.trainable / p.total:.2f}%)"
+    )
 
 
 def _due(every: int, n: int, total: int) -> bool:
@@ -526,6 +579,7 @@ def _validate(run: Run, loop: Loop, step: int) -> dict[str, Any] | None:
     res = evaluate(
         run.eval_module, run.val_shards, run.meta, step=step, batch_rows=run.tcfg.micro_batch_size,
         pad_id=run.pad_id, device=run.device, tcfg=run.tcfg, flat=run.flat, rank=run.rank, world=run.world,
+        sharded=run.sharded,
     )  # fmt: skip
     loop.eval_state["history"].append(res)
     loop.eval_state.setdefault("initial", res)
@@ -538,11 +592,23 @@ def _validate(run: Run, loop: Loop, step: int) -> dict[str, Any] | None:
 
 
 def _save(run: Run, loop: Loop, step: int) -> None:
-    """Checkpoint after `step` steps, with what a resume needs besides weights and optimizer."""
+    """Checkpoint after `step` steps, with what a resume needs besides weights and optimizer (rank 0
+    writes; under FSDP every rank first takes part in gathering the full tensors)."""
+    full = None
+    if run.sharded:
+        from trainer.fsdp import full_model_state, full_optimizer_state
+
+        lora = run.prepared.peft is not None
+        full = (full_model_state(run.model, lora), full_optimizer_state(run.model, run.optimizer))
+    if not run.is_main:
+        return
     epoch, row_in_epoch = run.stream.position(step)
     extra = {"rows_per_step": run.stream.plan.rows_per_step, "total_steps": run.total_steps,
              "eval_state": loop.eval_state, "epoch": epoch, "row_in_epoch": row_in_epoch}  # fmt: skip
-    save_checkpoint(run.ckpt_root, step, run.model, run.optimizer, extra, run.tcfg.keep_checkpoints)
+    save_checkpoint(
+        run.ckpt_root, step, run.model, run.optimizer, extra, run.tcfg.keep_checkpoints, run.prepared.base_hash,
+        full,
+    )
 
 
 def _finish(run: Run, loop: Loop) -> dict[str, Any]:
@@ -552,10 +618,8 @@ def _finish(run: Run, loop: Loop) -> dict[str, Any]:
         final = _validate(run, loop, run.total_steps)
     else:  # resumed a finished run: nothing was trained
         final = loop.eval_state["final"]
-    if run.is_main:
-        save_hf(run.model, run.tokenizer, run.run_dir / "model")
-        _save(run, loop, run.total_steps)
-        run.say(f"saved model to {run.run_dir / 'model'}")
+    _save_model(run)
+    _save(run, loop, run.total_steps)
     if run.world > 1:
         dist.barrier()
     summary = {
@@ -565,7 +629,9 @@ def _finish(run: Run, loop: Loop) -> dict[str, Any]:
         "world_size": run.world,
         "device": str(run.device),
         "attn_implementation": run.attn,
-        "params": sum(p.numel() for p in run.model.parameters()),
+        "params": run.prepared.total,
+        "trainable_params": run.prepared.trainable,
+        "lora": run.lora.model_dump(mode="json") if run.prepared.peft is not None else None,
         "train_loss": loop.last_loss,
         "eval_initial": (loop.eval_state.get("initial") or {}).get("loss"),
         "eval_final": (final or {}).get("loss"),
@@ -582,6 +648,38 @@ def _finish(run: Run, loop: Loop) -> dict[str, Any]:
     if run.is_main:
         atomic_write_json(run.train_dir / "summary.json", summary)
     return summary
+
+
+def _save_full_model(run: Run, out: Path) -> None:
+    """A Hugging Face directory of the model as it is now (rank 0 writes; under FSDP, from gathered tensors)."""
+    state = None
+    if run.sharded:
+        from trainer.fsdp import full_model_state
+
+        state = full_model_state(run.model, trainable_only=False, tied_once=False)
+    if run.is_main:
+        save_hf(run.model, run.tokenizer, out, state_dict=state)
+
+
+def _save_model(run: Run) -> None:
+    """model/: the trained model; under LoRA model/adapter/ and (lora.merge) the merged model around it."""
+    out = run.run_dir / "model"
+    if run.prepared.peft is None:
+        _save_full_model(run, out)
+        run.say(f"saved model to {out}")
+        return
+    from trainer.lora import save_lora
+
+    adapter_state = None
+    if run.sharded:
+        from trainer.fsdp import full_model_state
+
+        adapter_state = full_model_state(run.model, trainable_only=True)
+    if not run.is_main:
+        return
+    save_lora(run.prepared.peft, run.tokenizer, out, merge=run.lora.merge, state_dict=adapter_state)
+    shown = "the merged model in model/, " if run.lora.merge else ""
+    run.say(f"saved {shown}the LoRA adapter in {out / 'adapter'} (base: {run.prepared.base_dir})")
 
 
 class _Metrics:

@@ -1,9 +1,14 @@
 """The SFT loss: cross-entropy on target tokens only, with the one label shift of the project.
 
-`loss_mask[t] = 1` means "token t is a target, predicted from tokens < t" (CONTRACTS.md). The shift
+`loss_mask[t] = 1` means "token t is a target, predicted from tokens < t" (docs/CONTRACTS.md). The shift
 happens here and nowhere else: the hidden state at t-1 predicts the token at t. Only target
 positions go through the output head, which for a small vocabulary-heavy model is most of the
 compute that padding-free packing leaves.
+
+With a large vocabulary even the target positions' logits are big (16k targets x 150k tokens is
+9.6 GB in fp32), so the head and the cross-entropy run over chunks of target positions, each chunk's
+logits recomputed in backward (activation checkpointing of the head alone): only one chunk's logits
+exist at a time. `chunk_tokens` (auto: 2^26 / vocab) decides the chunk; below it nothing changes.
 
 Normalisation is by the target tokens of the whole optimizer step (every micro-batch of every
 rank), not a mean of per-micro-batch means: `step_scale` gives the factor each micro-batch's *sum*
@@ -15,10 +20,40 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 #: Causal LMs whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling), so
 #: the head can be applied to the target positions alone.
 _HEAD_ONLY_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+#: logits elements (chunk tokens x vocab) computed at once with `chunk_tokens = 0`: 256 MB in fp32
+AUTO_CHUNK_ELEMENTS = 1 << 26
+
+
+def chunk_size(chunk_tokens: int, vocab: int) -> int:
+    """Target tokens per head-and-loss chunk: `chunk_tokens`, or (0) as many as AUTO_CHUNK_ELEMENTS allows."""
+    return chunk_tokens if chunk_tokens > 0 else max(1, AUTO_CHUNK_ELEMENTS // max(1, vocab))
+
+
+def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Per-target cross-entropy of `head(hidden)` [N, V], never holding more than `chunk` rows of logits.
+
+    Up to `chunk` targets this is the plain computation; beyond, each chunk runs under non-reentrant
+    checkpointing, which keeps only its inputs and recomputes the logits in backward.
+    """
+    n = hidden.shape[0]
+    if n <= chunk:
+        return _head_loss(head, hidden, targets)
+    parts = [
+        checkpoint(_head_loss, head, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+        if torch.is_grad_enabled()
+        else _head_loss(head, hidden[i : i + chunk], targets[i : i + chunk])
+        for i in range(0, n, chunk)
+    ]
+    return torch.cat(parts)
 
 
 class TargetLoss(nn.Module):
@@ -28,10 +63,12 @@ class TargetLoss(nn.Module):
     Returns `(losses [N], batch_row [N], position [N])`, where position is the target token's index.
     """
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, chunk_tokens: int = 0) -> None:
         super().__init__()
         self.lm = lm
         self.head_only = getattr(getattr(lm, "config", None), "model_type", None) in _HEAD_ONLY_TYPES
+        vocab = getattr(getattr(lm, "config", None), "vocab_size", None) or 1
+        self.chunk = chunk_size(chunk_tokens, vocab)
 
     def forward(
         self,
@@ -50,10 +87,11 @@ class TargetLoss(nn.Module):
             kw["sftforge_segments"] = segments
         if self.head_only:
             hidden = self.lm.get_decoder()(input_ids=input_ids, **kw).last_hidden_state
-            logits = self.lm.get_output_embeddings()(hidden[:, :-1][rows, cols])
+            head = self.lm.get_output_embeddings()
+            losses = chunked_head_loss(head, hidden[:, :-1][rows, cols], targets, self.chunk)
         else:
             logits = self.lm(input_ids=input_ids, **kw).logits[:, :-1][rows, cols]
-        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+            losses = F.cross_entropy(logits.float(), targets, reduction="none")
         return losses, rows, cols + 1
 
 

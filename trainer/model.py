@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,26 +68,35 @@ def resolve_device(train: TrainConfig) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def resolve_attn(train: TrainConfig, device: torch.device) -> str:
-    """The transformers attn_implementation: flash-attn's varlen kernels on CUDA when installed, else
-    trainer.attention's segment-wise SDPA ("varlen"); "sdpa"/"eager" use a block-diagonal mask."""
-    want = train.attn_implementation
+def choose_attn(want: str, device_type: str, *, flash_attn: bool, flex: bool) -> str:
+    """The attention for packed rows: flash-attn's varlen kernels on CUDA when installed, else
+    FlexAttention with a document mask on CUDA, else per-segment SDPA ("varlen"); "sdpa"/"eager" pad
+    the rows and use a block-diagonal mask. A choice the device or the installation cannot run is an error."""
     if want == "auto":
-        if device.type == "cuda":
-            try:
-                import flash_attn  # noqa: F401
-
-                return "flash_attention_2"
-            except ImportError:
-                pass
-        want = "varlen"
-    if want == "flash_attention_2" and device.type != "cuda":
-        raise ModelError("train.attn_implementation = 'flash_attention_2' needs CUDA; use 'varlen' on the CPU")
-    if want == "varlen":
-        from trainer.attention import register
-
-        return register()
+        if device_type == "cuda" and flash_attn:
+            return "flash_attention_2"
+        if device_type == "cuda" and flex:
+            return "flex"
+        return "varlen"
+    if want in ("flash_attention_2", "flex") and device_type != "cuda":
+        raise ModelError(f"train.attn_implementation = {want!r} needs CUDA; use 'varlen' (or 'auto') on the CPU")
+    if want == "flash_attention_2" and not flash_attn:
+        raise ModelError("train.attn_implementation = 'flash_attention_2' needs flash-attn: pip install flash-attn")
+    if want == "flex" and not flex:
+        raise ModelError("train.attn_implementation = 'flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
     return want
+
+
+def resolve_attn(train: TrainConfig, device: torch.device) -> str:
+    """The transformers attn_implementation for `choose_attn`'s choice (ours registered under their names)."""
+    from trainer.attention import flash_attn_available, flex_available, register, register_flex
+
+    name = choose_attn(train.attn_implementation, device.type, flash_attn=flash_attn_available(), flex=flex_available())
+    if name == "varlen":
+        return register()
+    if name == "flex":
+        return register_flex()
+    return name
 
 
 def build_model(
@@ -97,12 +107,17 @@ def build_model(
     attn: str,
     seed: int,
     positions: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    frozen_embeddings: bool = False,
+    quantization: object | None = None,
 ) -> PreTrainedModel:
     """The starting model: loaded from `model.path`, or a Llama built from the config and seeded init.
 
     `max_seq_len` is the longest row to train on; `positions` (default: the same) sizes a new model's
     max_position_embeddings. Embeddings are resized when the tokenizer has more tokens than the model
-    (a trained tokenizer with new special tokens). Weights are fp32; the loop chooses the autocast dtype.
+    (a trained tokenizer with new special tokens), unless they stay frozen (LoRA), where new rows could
+    never be learnt: that is an error. Weights are fp32 unless `dtype` says otherwise (a frozen base in
+    bf16); `quantization` is a transformers quantization config (QLoRA), which places the weights itself.
     """
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -110,8 +125,18 @@ def build_model(
     if mcfg.path is not None:
         if not (Path(mcfg.path) / "config.json").is_file():
             raise ModelError(f"model.path = {str(mcfg.path)!r}: no config.json there; give a local HF model directory")
-        model = AutoModelForCausalLM.from_pretrained(mcfg.path, dtype=torch.float32, attn_implementation=attn)
-        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        extra = {}
+        if quantization is not None:  # bitsandbytes places the weights itself, on this rank's GPU
+            extra = {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
+        model = AutoModelForCausalLM.from_pretrained(mcfg.path, dtype=dtype, attn_implementation=attn, **extra)
+        rows = model.get_input_embeddings().num_embeddings
+        if rows < len(tokenizer):
+            if frozen_embeddings:
+                raise ModelError(
+                    f"the run's tokenizer has {len(tokenizer)} tokens, model.path {str(mcfg.path)!r} embeds {rows}: "
+                    "LoRA keeps the embeddings frozen, so new tokens could not be learnt; curate with the model's "
+                    "own tokenizer and template (leave tokenizer.path and template.name unset), or turn lora off"
+                )
             model.resize_token_embeddings(len(tokenizer))
     else:
         config = LlamaConfig(
@@ -139,24 +164,43 @@ def build_model(
             f"shard rows are up to {max_seq_len} tokens but the model's max_position_embeddings is {limit}: "
             "lower pack.max_seq_len or raise model.max_position_embeddings"
         )
+    set_generation_ids(model, tokenizer)
+    if quantization is not None:
+        return model
+    return model.float() if dtype == torch.float32 else model.to(dtype)
+
+
+def set_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:
+    """The generation config's special ids are the run tokenizer's (a saved model stops where it should)."""
     gen = model.generation_config
     gen.eos_token_id = tokenizer.eos_token_id
     gen.pad_token_id = tokenizer.pad_token_id
     gen.bos_token_id = tokenizer.bos_token_id
-    return model.float()
 
 
-def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> Path:
+def save_hf(
+    model: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerFast,
+    out_dir: Path,
+    extra: Callable[[Path], None] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write a Hugging Face directory (config, safetensors weights, tokenizer with chat template) atomically.
 
-    Written next to the target and renamed into place, so a reader never sees half a model.
+    Written next to the target and renamed into place, so a reader never sees half a model. `extra`
+    writes more into the temporary directory first (a LoRA adapter in adapter/); `model=None` writes
+    only the tokenizer and `extra`; `state_dict` replaces the model's own tensors (gathered from shards).
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    tmp.mkdir(parents=True)
+    if model is not None:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
     old = out_dir.with_name(f".{out_dir.name}.old")
     if old.exists():
         shutil.rmtree(old)

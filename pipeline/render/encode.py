@@ -67,7 +67,18 @@ class EncodeResult(StageResult):
 
 
 def template_of(cfg: Any) -> ChatTemplate:
-    return load_template(cfg.template.name, cfg.tokenizer.path)
+    """The run's chat template. With model.path and no template.name the config names the model
+    directory (schemas.config): the model's own chat_template, what it will be served with."""
+    try:
+        return load_template(cfg.template.name, cfg.tokenizer.path)
+    except ValueError as e:
+        model_path = getattr(getattr(cfg, "model", None), "path", None)
+        if model_path is None or Path(str(cfg.template.name)) != Path(model_path):
+            raise
+        raise type(e)(
+            f"{e}; the template defaults to the model's own because model.path is set: set template.name "
+            "to render with another (chatml, llama2, llama3, alpaca, a .jinja file or a tokenizer directory)"
+        ) from None
 
 
 def mask_options(cfg: Any) -> MaskOptions:
@@ -95,7 +106,17 @@ def resolve_tokenizer(run_dir: Path, cfg: Any, template: ChatTemplate, texts: li
     info: dict[str, Any] = {}
     if cfg.tokenizer.path is not None:
         tok = load_tokenizer(cfg.tokenizer.path)
-        info.update(kind="given", path=str(cfg.tokenizer.path))
+        model_path = getattr(getattr(cfg, "model", None), "path", None)
+        own = model_path is not None and Path(cfg.tokenizer.path) == Path(model_path)
+        info.update(kind="model" if own else "given", path=str(cfg.tokenizer.path))
+        if own:  # the config's default with model.path (schemas.config): say so in stats.json and the log
+            same = Path(str(cfg.template.name)) == Path(model_path)
+            info["template"] = "the model's own chat_template" if same else f"template.name = {cfg.template.name}"
+            import logging
+
+            logging.getLogger(__name__).info(
+                "encode: the model's own tokenizer (%s) and %s, as model.path is set", model_path, info["template"]
+            )
     else:
         cache = cfg.tokenizer.cache_dir or RunDir.of(run_dir).stage_dir("encode") / "cache"
         sample = training_sample(texts, cfg.tokenizer.train_max_chars)
