@@ -496,11 +496,14 @@ def _matrix_text(m: dict[str, Any], top: int = 6) -> list[str]:
     reasons_, rows = (m.get("reasons") or [])[:top], m.get("rows") or []
     if not reasons_ or not rows:
         return []
+    # every column as wide as its full name (reason codes and source names are never cut)
+    src_w = max(len("source"), *(len(row["source"]) for row in rows))
+    widths = [max(len(r), 6) for r in reasons_]
     out = ["", "  where records went (share of each source's records; kept = in the shards):",
-           "  " + f"{'source':<18}{'kept':>8}" + "".join(f"{r[-14:]:>16}" for r in reasons_)]
+           "  " + f"{'source':<{src_w}}  {'kept':>6}" + "".join(f"  {r:>{w}}" for r, w in zip(reasons_, widths, strict=True))]
     for row in rows:
-        out.append("  " + f"{row['source'][:17]:<18}{row['kept_share']:>8.1%}"
-                   + "".join(f"{row['shares'].get(r, 0.0):>16.1%}" for r in reasons_))
+        out.append("  " + f"{row['source']:<{src_w}}  {row['kept_share']:>6.1%}"
+                   + "".join(f"  {row['shares'].get(r, 0.0):>{w}.1%}" for r, w in zip(reasons_, widths, strict=True)))
     return out
 
 
