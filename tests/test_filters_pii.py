@@ -31,9 +31,6 @@ UNCHANGED = [
     "Sender: alerts@info6.citi.com, reply to support@example.org",
     'ssh-keygen -t rsa -b 4096 -C "your_email@example.com"',
     "ftp://username:password@ftp.example.com/Repository",
-    # a sample resume: the address sits beside a placeholder phone number (real files: alpaca-cleaned, self-instruct)
-    "Jane Doe 1234 Some Street, Anytown USA, 12345 janedoe@email.com (123) 456-7890 Objective: Software Engineer",
-    "Ebony Moore Phone: (123) 456-7891 Email: emoore@email.com Applying for: Product Manager",
 ]
 
 
@@ -52,6 +49,10 @@ def test_correct_answers_are_not_altered(text: str) -> None:
      "You can reach me at [EMAIL] if anything is unclear."),
     ("Pay with 4111 1111 1111 1111 tomorrow.", "Pay with [CREDIT_CARD] tomorrow."),
     ("Write to ebony.moore@gmail.com or call (415) 321-7654.", "Write to [EMAIL] or call [PHONE]."),
+    # a person-shaped address in a sample resume is redacted even beside a placeholder phone number
+    # (hand labels, bench/filter_labels.jsonl: alpaca-cleaned:780, self-instruct:74)
+    ("Ebony Moore Phone: (123) 456-7891 Email: emoore@email.com Applying for: Product Manager",
+     "Ebony Moore Phone: (123) 456-7891 Email: [EMAIL] Applying for: Product Manager"),
 ])
 def test_personal_data_is_redacted(text: str, after: str) -> None:
     assert scan(pl.Series([text]), REDACT)[0].to_list() == [after]

@@ -16,8 +16,7 @@ too little are then validated one match at a time, in Python, on the few texts t
   `user@`, `email@xxx.com`) are not a person's; an address at a reserved example domain (example.com,
   *.test, *.invalid, …) is kept inside code or in a task about formats (regex, validation, parsing),
   and any address in the code of such a task is kept; URL credentials (`ftp://user:pass@host`) are
-  not e-mail addresses, and an address in a made-up contact block (within 120 characters of a
-  placeholder phone number such as `(123) 456-7890`: a sample resume or letter) is not anyone's. Likewise any IP address in the code of a task about IP addresses.
+  not e-mail addresses. Likewise any IP address in the code of a task about IP addresses.
 
 Every redaction is counted per kind; `scan` also returns a few (before, after) snippets per kind
 for the report.
@@ -222,21 +221,12 @@ def valid_card(text: str, start: int, end: int, ctx: Context) -> bool:
     return luhn_ok(text[start:end]) and not _decimal_neighbour(text, start, end)
 
 
-#: A North American number with an impossible area code (0xx, 1xx): `(123) 456-7890`, a placeholder.
-_PLACEHOLDER_PHONE = re.compile(r"(?<!\d)\(?[01]\d\d\)?[ .-]?\d{3}[ .-]?\d{4}(?!\d)")
-#: How far (characters, either side) an address's contact block reaches.
-_CONTACT_BLOCK = 120
-
-
 def valid_email(text: str, start: int, end: int, ctx: Context) -> bool:
-    """Is this address someone's? Not a role address, URL credentials, an example in code/format tasks,
-    or part of a made-up contact block (beside a placeholder phone number such as (123) 456-7890)."""
+    """Is this address someone's? Not a role address, URL credentials, or an example in code/format tasks."""
     s = text[start:end]
     local, _, domain = s.rpartition("@")
     if _ROLE_LOCAL.match(local) or _PLACEHOLDER_LOCAL.match(local) or re.search(
             r"://[^\s/@]*:?$", text[max(0, start - 40):start]):
-        return False
-    if _PLACEHOLDER_PHONE.search(text, max(0, start - _CONTACT_BLOCK), end + _CONTACT_BLOCK):
         return False
     reserved = bool(_RESERVED_DOMAIN.search(domain))
     in_code = ctx.in_code(text, start)
