@@ -9,6 +9,8 @@ failure gets its own reason code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 _RAW = ConfigDict(extra="ignore", strict=True, frozen=True, populate_by_name=True)
@@ -22,6 +24,11 @@ class AlpacaRecord(BaseModel):
     input: str | None = Field(default=None, description="optional context; placeholders like 'Noinput' mean none")
     output: str = Field(description="the reference answer")
     system: str | None = Field(default=None, description="optional system prompt (LLaMA-Factory variant)")
+    history: list[Any] | None = Field(
+        default=None, description="earlier turns as [[query, response], …], before the instruction (LLaMA-Factory)"
+    )
+    tools: str | list[Any] | None = Field(default=None, description="offered function schemas: a list or its JSON text")
+    reasoning: str | None = Field(default=None, description="the reasoning behind output (a mapped column)")
 
 
 class DollyRecord(BaseModel):
@@ -49,22 +56,51 @@ class ShareGPTRecord(BaseModel):
     id: str | int | None = Field(default=None, description="kept as original_id")
     conversations: list[ShareGPTTurn] = Field(description="the turns, in order")
     system: str | None = Field(default=None, description="optional system prompt outside the turns")
+    tools: str | list[Any] | None = Field(default=None, description="offered function schemas: a list or its JSON text")
 
 
 class OpenAIMessage(BaseModel):
-    """One chat message in the OpenAI fine-tuning format."""
+    """One chat message in the OpenAI fine-tuning format. The model checks what every message has;
+    the reader (pipeline.ingest.formats) reads and checks the rest itself, giving each failure its own
+    code: `tool_calls` (`[{id, type: "function", function: {name, arguments}}]`, arguments a JSON
+    string or an object; a flat `{name, arguments}` too), legacy `function_call`, `reasoning_content`
+    or `reasoning`, `tool_call_id` and `name` on a tool message, `refusal`."""
 
     model_config = _RAW
-    role: str = Field(description="system | user | assistant")
-    content: str = Field(description="the message text")
+    role: str = Field(description="system | developer | user | assistant | tool (function, ipython: tool)")
+    content: str | list[dict[str, Any]] | None = Field(
+        default=None, description="the text, or a list of parts ({type: text, text} or LLaMA-Factory's "
+                                  "{type, value} with text / reasoning / tool_call); null on a turn that only calls"
+    )
 
 
 class OpenAIRecord(BaseModel):
-    """OpenAI-style `{"messages": [{role, content}, …]}`; an optional `id` is kept."""
+    """OpenAI-style `{"messages": [{role, content, …}, …], "tools": […]}`; an optional `id` is kept."""
 
     model_config = _RAW
     id: str | int | None = Field(default=None, description="kept as original_id")
     messages: list[OpenAIMessage] = Field(description="the turns, in order")
+    tools: str | list[Any] | None = Field(default=None, description="offered function schemas: a list or its JSON text")
+    system: str | None = Field(default=None, description="a system prompt outside the messages (a mapped column)")
+
+
+class SelfInstructInstance(BaseModel):
+    """One input/output example of a Self-Instruct task."""
+
+    model_config = _RAW
+    input: str | None = Field(default=None, description="the instance's input; empty: none")
+    output: str = Field(description="the answer")
+
+
+class SelfInstructRecord(BaseModel):
+    """A Self-Instruct seed task; each instance becomes one conversation (origin `<line>#<index>`)."""
+
+    model_config = _RAW
+    id: str | int | None = Field(default=None, description="kept as original_id")
+    name: str | None = Field(default=None, description="the task's short name, kept as category")
+    instruction: str = Field(description="the task")
+    instances: list[Any] = Field(description="[{input, output}, …]")
+    is_classification: bool | None = Field(default=None, description="bookkeeping; not read")
 
 
 class OasstMessage(BaseModel):

@@ -202,7 +202,7 @@ def test_inspect_shows_formats_records_unread_fields_and_errors(tmp_path: Path, 
     d = tmp_path / "mixed"
     d.mkdir()
     (d / "alpaca.jsonl").write_text(json.dumps({"instruction": "Add 2 and 2.", "input": "", "output": "4",
-                                                "history": [["hi", "hello"]]}) + "\n" + '{"instruction": 3}\n')
+                                                "rationale": "2 + 2 = 4"}) + "\n" + '{"instruction": 3}\n')
     (d / "dolly.jsonl").write_text(json.dumps({"instruction": "Name a fruit.", "context": "", "response": "Apple",
                                                "category": "open_qa"}) + "\n")
     (d / "sharegpt.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "Hi"},
@@ -217,7 +217,7 @@ def test_inspect_shows_formats_records_unread_fields_and_errors(tmp_path: Path, 
     out = capsys.readouterr().out
     for fmt in ("alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "oasst"):
         assert f": format {fmt}" in out, fmt
-    assert "fields not read: history" in out  # the multi-turn history an alpaca reader ignores
+    assert "fields not read: rationale" in out  # a text field the alpaca reader does not read
     assert "quarantined as schema.wrong_type" in out or "quarantined as schema.missing_field" in out
     assert "[[4<|im_end|>]]" in out  # the supervised part of the rendered alpaca record
     assert not (tmp_path / "out").exists()  # inspect writes nothing

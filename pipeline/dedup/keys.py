@@ -18,10 +18,17 @@ def conversation_keys(df: pl.DataFrame) -> pl.DataFrame:
     """One row per conversation of `df`, in order: row, the texts the rules compare (exact_text:
     role-tagged turns; prompt_text: user turns; near_text: all turns; first_text / first_near: the
     first exchange, tagged and plain), exchanges (assistant turns), asst_chars, tier_rank, origin.
-    Each message is normalised once; system prompts are left out of every text."""
+    Each message is normalised once; system prompts are left out of every text. An assistant turn's
+    tool calls (name and arguments) are part of its text, so trajectories that differ only in their
+    calls are not duplicates; tool results are turns of their own (role `tool`)."""
     role = pl.col("role")
-    tagged = pl.concat_str([pl.lit("<"), role, pl.lit("> "), pl.col("norm")])
     ns = normalized_turns(df).filter(role != "system")
+    if "tool_calls" in ns.columns:
+        calls = pl.col("tool_calls").list.eval(
+            pl.concat_str([pl.element().struct.field("name"), pl.element().struct.field("arguments")], separator=" ")
+        ).list.join(" ")
+        ns = ns.with_columns(pl.concat_str([pl.col("norm"), calls], separator=" ", ignore_nulls=True).alias("norm"))
+    tagged = pl.concat_str([pl.lit("<"), role, pl.lit("> "), pl.col("norm")])
     per_row = ns.group_by("row", maintain_order=True).agg(
         tagged.str.join(" ").alias("exact_text"),
         pl.col("norm").filter(role == "user").str.join(" ").alias("prompt_text"),

@@ -10,50 +10,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.ingest.dataset_info import dataset_info_path, read_dataset_info
 from pipeline.ingest.files import Limits, RawItem, RecordError, SourceError, iter_file, list_source
-from pipeline.ingest.formats import TRANSFORMS
+from pipeline.ingest.formats import EXPANDERS, RECORD_MODELS, TRANSFORMS, remap, unread_keys
+from pipeline.ingest.formats import fields_read as _fields_read
 from pipeline.ingest.stage import file_formats
 from schemas.config_sources import SourceConfig
-from schemas.records import (
-    AlpacaRecord,
-    DollyRecord,
-    OasstMessage,
-    OpenAIRecord,
-    PromptCompletionRecord,
-    ShareGPTRecord,
-)
-
-_MODELS = {"alpaca": AlpacaRecord, "dolly": DollyRecord, "sharegpt": ShareGPTRecord, "openai": OpenAIRecord,
-           "oasst": OasstMessage, "prompt_completion": PromptCompletionRecord, "flan": PromptCompletionRecord}
 
 
 def fields_read(fmt: str) -> set[str]:
-    """The top-level keys the reader of `fmt` reads (its record model's fields and aliases)."""
-    model = _MODELS[fmt]
-    names = set(model.model_fields)
-    names |= {f.alias for f in model.model_fields.values() if f.alias}
-    if fmt in ("prompt_completion", "flan"):
-        names |= {"prompt", "completion", "inputs", "targets"}
-    return names
+    """The top-level keys the reader of `fmt` reads (its record model's fields and aliases), with the
+    bookkeeping keys never counted as not read."""
+    return set(_fields_read(fmt, RECORD_MODELS[fmt]))
 
 
 def fields_not_read(value: Any, fmt: str, source: SourceConfig) -> list[str]:
     """Top-level keys of a record that carry text (a string, or a list/dict holding one) and that
-    the reader of `fmt` ignores."""
-    if not isinstance(value, dict):
-        return []
-    known = fields_read(fmt) | {source.prompt_field, source.completion_field} - {None}
-
-    def has_text(v: Any) -> bool:
-        if isinstance(v, str):
-            return bool(v.strip())
-        if isinstance(v, list | tuple):
-            return any(has_text(x) for x in v)
-        if isinstance(v, dict):
-            return any(has_text(x) for x in v.values())
-        return False
-
-    return sorted(k for k, v in value.items() if k not in known and has_text(v))
+    the reader of `fmt` ignores (after the source's column mapping)."""
+    lost: list[str] = []
+    if source.columns is not None:
+        value, lost = remap(value, source.columns.renames())
+    known = _fields_read(fmt, RECORD_MODELS[fmt]) | {source.prompt_field, source.completion_field} - {None}
+    return sorted(set(lost + unread_keys(value, known)))
 
 
 def preflight_source(source: SourceConfig) -> list[str]:
@@ -61,6 +39,9 @@ def preflight_source(source: SourceConfig) -> list[str]:
     file: a missing path, an unsupported file type, a directory with no data file, a format that
     cannot be told. Empty when the source can be read."""
     try:
+        if (info := dataset_info_path(Path(source.path))) is not None:
+            read_dataset_info(info, source)
+            return []
         files, _ = list_source(Path(source.path))
         file_formats(source, files, Limits(max_record_bytes=source.max_record_bytes), [])
     except SourceError as e:
@@ -78,6 +59,7 @@ class InspectedRecord:
     reason: str | None = None
     detail: str | None = None
     not_read: list[str] = field(default_factory=list)
+    tools: str | None = None  # the offered tools (JSON text), as the curated `tools` column holds them
 
 
 @dataclass
@@ -96,38 +78,57 @@ def inspect_source(source: SourceConfig, n: int = 3) -> InspectedSource:
     """The first `n` records of each file of `source`, read exactly as ingest reads them (OpenAssistant
     message rows are shown as rows: their trees are assembled across the whole file)."""
     root = Path(source.path)
-    files, not_read = list_source(root)
     limits = Limits(max_record_bytes=source.max_record_bytes)
     warnings: list[str] = []
-    formats = file_formats(source, files, limits, warnings)
+    if (info := dataset_info_path(root)) is not None:
+        datasets, not_read = read_dataset_info(info, source)
+        plan = [(f, d.source, d.source.format, f"{d.name}:" + ("" if f == d.root else f"{f.relative_to(d.root)}:"))
+                for d in datasets for f in d.files]
+    else:
+        files, not_read = list_source(root)
+        formats = file_formats(source, files, limits, warnings)
+        plan = [(f, source, formats[f], "" if f == root else f"{f.relative_to(root).as_posix()}:") for f in files]
     records: list[InspectedRecord] = []
     unread: Counter[str] = Counter()
-    for f in files:
-        fmt = formats[f]
-        prefix = "" if f == root else f"{f.relative_to(root).as_posix()}:"
+    for f, src, fmt, prefix in plan:
         items = iter_file(f, limits=limits, notes=[])
         try:
             for item in itertools.islice(items, n):
-                records.append(_inspect(item, fmt, source, f"{source.name}:{prefix}{item.locator}", unread))
+                records.extend(_inspect(item, fmt, src, f"{source.name}:{prefix}{item.locator}", unread))
         finally:
             items.close()
-    return InspectedSource(source.name, {str(f): formats[f] for f in files}, not_read, records, dict(unread), warnings)
+    return InspectedSource(source.name, {str(f): fmt for f, _, fmt, _ in plan}, not_read, records, dict(unread),
+                           warnings)
 
 
 def _inspect(item: RawItem, fmt: str | None, source: SourceConfig, origin: str, unread: Counter[str]
-             ) -> InspectedRecord:
+             ) -> list[InspectedRecord]:
     if item.error is not None:
-        return InspectedRecord(origin, "quarantined", reason=item.error.code, detail=item.error.message)
+        return [InspectedRecord(origin, "quarantined", reason=item.error.code, detail=item.error.message)]
     if fmt is None:
-        return InspectedRecord(origin, "quarantined", reason="schema.unknown_format", detail="no format detected")
+        return [InspectedRecord(origin, "quarantined", reason="schema.unknown_format", detail="no format detected")]
     missing = fields_not_read(item.value, fmt, source)
     unread.update(missing)
     if fmt == "oasst":  # a message row: trees are assembled over the whole file, so show the row's text
         text = item.value.get("text") if isinstance(item.value, dict) else None
         role = "user" if isinstance(item.value, dict) and item.value.get("role") == "prompter" else "assistant"
-        return InspectedRecord(origin, "kept", [{"role": role, "content": str(text)}], not_read=missing)
+        return [InspectedRecord(origin, "kept", [{"role": role, "content": str(text)}], not_read=missing)]
+    value = remap(item.value, source.columns.renames())[0] if source.columns is not None else item.value
+    units: list[tuple[str, Any]] = [("", value)]
+    out = []
     try:
-        messages, _, _ = TRANSFORMS[fmt](item.value, source)
+        if fmt in EXPANDERS:
+            units = EXPANDERS[fmt](value)
     except RecordError as e:
-        return InspectedRecord(origin, "quarantined", reason=e.code, detail=e.message, not_read=missing)
-    return InspectedRecord(origin, "kept", messages, not_read=missing)
+        return [InspectedRecord(origin, "quarantined", reason=e.code, detail=e.message, not_read=missing)]
+    for suffix, unit in units:
+        try:
+            conv = TRANSFORMS[fmt](unit, source)
+        except RecordError as e:
+            out.append(InspectedRecord(origin + suffix, "quarantined", reason=e.code, detail=e.message,
+                                       not_read=missing))
+            continue
+        unread.update(conv.unread)
+        out.append(InspectedRecord(origin + suffix, "kept", conv.messages, not_read=sorted({*missing, *conv.unread}),
+                                   tools=conv.tools))
+    return out

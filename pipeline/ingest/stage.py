@@ -12,7 +12,13 @@ A failing record never stops the run; a source that cannot be read at all raises
 
 A directory source reads every data file under it, each in its own format (detected from that file's
 first records unless the source sets `format`); the files it cannot read are listed in the stats
-(`files_not_read`) and warned about, as is a source or file that holds no record at all.
+(`files_not_read`) and warned about, as is a source or file that holds no record at all. A
+LLaMA-Factory dataset_info.json source reads each dataset it lists (pipeline.ingest.dataset_info).
+
+Nothing that carries text is dropped silently: a field a reader does not read is counted per source
+(`fields_not_read`, also a warning the report shows), or with `strict_fields` the record is
+quarantined (`schema.unread_field`). A source's column mapping (`columns`) renames keys before the
+format is detected and the record read.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pipeline.core.ledger import LedgerImbalance, ledger_rows, write_ledger_part
 from pipeline.core.progress import Progress
 from pipeline.core.rundir import atomic_write_json, atomic_write_table, claim_run_dir
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
+from pipeline.ingest.dataset_info import Dataset, dataset_info_path, read_dataset_info
 from pipeline.ingest.files import (
     Limits,
     RawItem,
@@ -42,7 +49,16 @@ from pipeline.ingest.files import (
     list_source,
     to_json_text,
 )
-from pipeline.ingest.formats import TRANSFORMS, detect_format, without_nul
+from pipeline.ingest.formats import (
+    EXPANDERS,
+    RECORD_MODELS,
+    TRANSFORMS,
+    detect_format,
+    fields_read,
+    remap,
+    unread_keys,
+    without_nul,
+)
 from pipeline.ingest.oasst import assemble
 from schemas.config_sources import SourceConfig
 from schemas.conversation import conversation_id
@@ -50,10 +66,11 @@ from schemas.conversation import conversation_id
 __all__ = ["SourceError", "ingest_source", "resolve_format"]
 
 #: CANONICAL_SCHEMA in arrow terms (read back by polars as exactly CANONICAL_SCHEMA).
-PART_SCHEMA = pa.schema(
-    [(c, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])) if c == "messages" else pa.string())
-     for c in CANONICAL_SCHEMA]
-)
+TOOL_CALL_TYPE = pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning", pa.string()),
+                          ("tool_calls", pa.list_(TOOL_CALL_TYPE)), ("tool_call_id", pa.string()),
+                          ("name", pa.string())])
+PART_SCHEMA = pa.schema([(c, pa.list_(MESSAGE_TYPE) if c == "messages" else pa.string()) for c in CANONICAL_SCHEMA])
 QUARANTINE_SCHEMA = pa.schema([(c, pa.string()) for c in ("origin", "source", "tier", "reason", "errors", "raw")])
 #: How many records are read looking for one that reveals the format.
 DETECT_WINDOW = 1000
@@ -83,26 +100,47 @@ class _PartWriter:
         self._reset()
 
     def _reset(self) -> None:
-        self.cols: dict[str, list] = {k: [] for k in ("conversation_id", "origin", "category", "original_id")}
-        # messages are kept flat (offsets + roles + contents): building list<struct> from Python dicts
+        self.cols: dict[str, list] = {k: [] for k in ("conversation_id", "origin", "tools", "category", "original_id")}
+        # messages are kept flat (offsets + one list per field): building list<struct> from Python dicts
         # row by row is the slowest step of ingestion otherwise.
         self.offsets, self.roles, self.contents = [0], [], []
+        # the messages with more than role and content, by index: most sources have none
+        self.extra: dict[int, dict] = {}
         self.chars = 0
 
-    def add(self, origin: str, messages: list[dict], category: str | None, original_id: str | None) -> None:
+    def add(self, origin: str, messages: list[dict], category: str | None, original_id: str | None,
+            tools: str | None = None) -> None:
         c = self.cols
-        c["conversation_id"].append(conversation_id(messages))
+        c["conversation_id"].append(conversation_id(messages, tools, canonical=True))
         c["origin"].append(origin)
+        c["tools"].append(tools)
+        roles, contents = self.roles, self.contents
         for m in messages:
-            self.roles.append(m["role"])
-            self.contents.append(m["content"])
+            if len(m) > 2:  # readers build a plain message with role and content only
+                self.extra[len(roles)] = m
+            roles.append(m["role"])
+            contents.append(m["content"])
             self.chars += len(m["content"])
-        self.offsets.append(len(self.roles))
+        self.offsets.append(len(roles))
         c["category"].append(without_nul(category) if category else category)
         c["original_id"].append(without_nul(original_id) if original_id else original_id)
         # Also bounded by text size: chunk_rows of very long conversations must not fill memory.
         if len(c["origin"]) >= self.chunk_rows or self.chars >= self.chunk_chars:
             self.flush()
+
+    def _extra_arrays(self) -> list[pa.Array]:
+        """reasoning, tool_calls, tool_call_id, name for every message (all null where none has them)."""
+        n = len(self.roles)
+        out = []
+        for f in list(MESSAGE_TYPE)[2:]:
+            if not self.extra:
+                out.append(pa.nulls(n, f.type))
+                continue
+            values: list = [None] * n
+            for i, m in self.extra.items():
+                values[i] = m.get(f.name)
+            out.append(pa.array(values, f.type))
+        return out
 
     def flush(self) -> None:
         n = len(self.cols["origin"])
@@ -113,8 +151,9 @@ class _PartWriter:
         columns = {
             "messages": pa.ListArray.from_arrays(
                 pa.array(self.offsets, pa.int32()),
-                pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())],
-                                           names=["role", "content"]),
+                pa.StructArray.from_arrays(
+                    [pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string()), *self._extra_arrays()],
+                    fields=list(MESSAGE_TYPE)),
             ),
             **{k: pa.array(v, pa.string()) for k, v in self.cols.items()},
             **{k: pa.array([v] * n, pa.string()) for k, v in const.items()},
@@ -201,22 +240,29 @@ def _located_items(files: list[Path], root: Path, limits: Limits, notes: list[st
         counts[f] = n
 
 
-def _detect(path: Path, limits: Limits) -> tuple[str | None, int]:
+def _detect_value(value: Any, source: SourceConfig | None) -> str | None:
+    """The format of one decoded record, read through the source's column mapping."""
+    if source is not None and source.columns is not None:
+        value = remap(value, source.columns.renames())[0]
+    return detect_format(value)
+
+
+def _detect(path: Path, limits: Limits, source: SourceConfig | None = None) -> tuple[str | None, int]:
     """The format the first decodable records of one file reveal (or None), and how many were looked at."""
     items = iter_file(path, limits=limits, notes=[])
     seen = 0
     try:
         for item in itertools.islice(items, DETECT_WINDOW):  # stops at the first record that tells
             seen += 1
-            if item.error is None and (fmt := detect_format(item.value)):
+            if item.error is None and (fmt := _detect_value(item.value, source)):
                 return fmt, seen
     finally:
         items.close()
     return None, seen
 
 
-def _detect_in(head: list[RawItem]) -> tuple[str | None, int]:
-    fmt = next((f for item in head if item.error is None and (f := detect_format(item.value))), None)
+def _detect_in(head: list[RawItem], source: SourceConfig | None = None) -> tuple[str | None, int]:
+    fmt = next((f for item in head if item.error is None and (f := _detect_value(item.value, source))), None)
     return fmt, len(head)
 
 
@@ -224,6 +270,7 @@ def _cannot_tell(source: SourceConfig, where: Path) -> SourceError:
     return SourceError(
         f"{where}: cannot tell the format of source {source.name!r} from its first records; "
         "set format = \"alpaca\" | \"dolly\" | \"sharegpt\" | \"openai\" | \"oasst\" | \"prompt_completion\" | \"flan\" "
+        "| \"self_instruct\" "
         "in its [[sources]] entry"
     )
 
@@ -237,7 +284,7 @@ def file_formats(source: SourceConfig, files: list[Path], limits: Limits, warnin
     detections already made ({file: (format, records looked at)})."""
     if source.format:
         return dict.fromkeys(files, source.format)
-    found = found or {f: _detect(f, limits) for f in files}
+    found = found or {f: _detect(f, limits, source) for f in files}
     known = next(((f, fmt) for f, (fmt, _) in found.items() if fmt), None)
     out: dict[Path, str | None] = {}
     for f, (fmt, seen) in found.items():
@@ -263,25 +310,52 @@ def resolve_format(source: SourceConfig, peek: list[RawItem] | None = None) -> s
             return fmt
         raise _cannot_tell(source, Path(source.path))
     for item in peek:
-        if item.error is None and (fmt := detect_format(item.value)):
+        if item.error is None and (fmt := _detect_value(item.value, source)):
             return fmt
     raise _cannot_tell(source, Path(source.path))
 
 
+_NONE: list[str] = []  # never appended to: the fields not read of a record that has none
+
+
+class _Tally:
+    """Per source: records holding text in fields the reader does not read ({field: records}), and the
+    adjustments readers made ({note: records}, e.g. trimmed_trailing_turns)."""
+
+    def __init__(self) -> None:
+        self.unread: Counter[str] = Counter()
+        self.notes: Counter[str] = Counter()
+
+
 def _convert(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfig, parts: _PartWriter,
-             rejects: _Rejects) -> int:
+             rejects: _Rejects, tally: _Tally) -> int:
     """Send every record to the kept parts or to the rejects; return how many records were read."""
     with Progress(f"ingest {source.name}", unit="records read") as progress:
-        read = _convert_all(items, fmt, source, parts, rejects, progress)
+        read = _convert_all(items, fmt, source, parts, rejects, progress, tally)
     return read
 
 
+def _unread_error(fields: list[str]) -> RecordError:
+    shown = ", ".join(f"'{f}'" for f in fields)
+    return RecordError("schema.unread_field", f"field(s) {shown} carry text the reader does not read "
+                                              "(strict_fields = true; map them with `columns`, or drop strict_fields "
+                                              "to count them instead)")
+
+
 def _convert_all(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceConfig, parts: _PartWriter,
-                 rejects: _Rejects, progress: Progress) -> int:
+                 rejects: _Rejects, progress: Progress, tally: _Tally) -> int:
     name, read = source.name, 0
+    known = fields_read(fmt, RECORD_MODELS.get(fmt)) | {source.prompt_field, source.completion_field} - {None}
+    renames = source.columns.renames() if source.columns else {}
+    strict, unread = source.strict_fields, tally.unread
     if fmt == "oasst":
-        located = (RawItem(prefix + item.locator, item.value, item.raw, item.error) for prefix, item in items)
-        for o in assemble(located, source.oasst_paths):
+        def rows() -> Iterator[RawItem]:
+            for prefix, item in items:
+                if item.error is None and (lost := unread_keys(item.value, known)):
+                    unread.update(lost)
+                yield RawItem(prefix + item.locator, item.value, item.raw, item.error)
+
+        for o in assemble(rows(), source.oasst_paths):
             read += 1
             progress.update()
             origin = f"{name}:{o.locator}"
@@ -292,26 +366,61 @@ def _convert_all(items: Iterator[tuple[str, RawItem]], fmt: str, source: SourceC
             else:
                 rejects.drop(origin, o.code, o.detail)
         return read
-    transform = TRANSFORMS[fmt]
+    transform, expand = TRANSFORMS[fmt], EXPANDERS.get(fmt)
+    quarantine, add, update = rejects.quarantine, parts.add, progress.update
     for prefix, item in items:
         read += 1
-        progress.update()
+        update()
         origin = f"{name}:{prefix}{item.locator}"
         if item.error is not None:
-            rejects.quarantine(origin, item.error.code, item.error.message, item.raw)
+            quarantine(origin, item.error.code, item.error.message, item.raw)
             continue
-        try:
-            messages, category, original_id = transform(item.value, source)
-        except RecordError as e:
-            rejects.quarantine(origin, e.code, e.message, item.raw if item.raw is not None else item.value)
-            continue
-        parts.add(origin, messages, category, original_id)
+        if renames:
+            value, lost = remap(item.value, renames)
+        else:
+            value, lost = item.value, _NONE
+        if type(value) is dict and not value.keys() <= known:
+            lost = [*lost, *unread_keys(value, known)]
+        if expand is None:  # one record, one conversation (every format but self_instruct)
+            units: list[tuple[str, Any]] | None = None
+        else:
+            try:
+                units = expand(value)
+            except RecordError as e:
+                quarantine(origin, e.code, e.message, item.raw if item.raw is not None else item.value)
+                continue
+            read += len(units) - 1
+        for suffix, unit in units or ((None, value),):
+            where = origin if suffix is None else origin + suffix
+            try:
+                conv = transform(unit, source)
+                fields = [*lost, *conv.unread] if conv.unread else lost
+                if fields and strict:
+                    raise _unread_error(fields)
+            except RecordError as e:
+                quarantine(where, e.code, e.message, item.raw if item.raw is not None else item.value)
+                continue
+            if fields:
+                unread.update(set(fields))
+            if conv.notes:
+                tally.notes.update(set(conv.notes))
+            add(where, conv.messages, conv.category, conv.original_id, conv.tools)
     return read
+
+
+def _file_key(f: Path, root: Path, datasets: list[Dataset]) -> str:
+    """How the stats name a file: relative to the source's directory, or `<dataset>:<file>` for a
+    dataset_info.json source."""
+    for d in datasets:
+        if f in d.files:
+            return f"{d.name}:{f.relative_to(d.root).as_posix() if f != d.root else f.name}"
+    return f.relative_to(root).as_posix() if f != root else f.name
 
 
 def _not_read_warning(source: SourceConfig, not_read: list[dict[str, str]]) -> str:
     root = Path(source.path)
-    names = [Path(f["path"]).relative_to(root).as_posix() for f in not_read]
+    names = [Path(f["path"]).relative_to(root).as_posix() if Path(f["path"]).is_relative_to(root) else f["path"]
+             for f in not_read]
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return (f"source {source.name}: {len(names)} file(s) under {root} not read (files_not_read says why): "
             f"{shown}")
@@ -322,23 +431,33 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
 
     Stats: source, tier, format ("mixed" when a directory's files differ), file_formats {file: format},
     files, files_not_read [{path, reason}], warnings [sentences, also logged], read, kept, quarantined,
-    dropped, reasons {code: n}, parts [paths], seconds. read == kept + quarantined + dropped is checked
-    here (LedgerImbalance otherwise).
+    dropped, reasons {code: n}, fields_not_read {field: kept records holding text in it}, adjusted
+    {note: records} (trimmed_trailing_turns, think_block), parts [paths], seconds. read == kept +
+    quarantined + dropped is checked here (LedgerImbalance otherwise); a Self-Instruct task counts as
+    its instances.
     """
     t0 = time.perf_counter()
     rd = claim_run_dir(run_dir)
     root = Path(source.path)
-    files, not_read = list_source(root)
+    info = dataset_info_path(root)
+    datasets: list[Dataset] = []
+    if info is not None:
+        datasets, not_read = read_dataset_info(info, source)
+        files = [f for d in datasets for f in d.files]
+    else:
+        files, not_read = list_source(root)
     limits = Limits(max_record_bytes=source.max_record_bytes)
     warnings: list[str] = [_not_read_warning(source, not_read)] if not_read else []
     notes: list[str] = []
     counts: dict[Path, int] = dict.fromkeys(files, 0)
     # One file: its first records tell the format and are read once (the stream goes on after them).
-    single = _located_items(files, root, limits, notes, counts) if len(files) == 1 and not source.format else None
+    single = (_located_items(files, root, limits, notes, counts)
+              if len(files) == 1 and not source.format and info is None else None)
     try:
         head = list(itertools.islice(single, DETECT_WINDOW)) if single else []
-        found = {files[0]: _detect_in([item for _, item in head])} if single else None
-        formats = file_formats(source, files, limits, warnings, found)
+        found = {files[0]: _detect_in([item for _, item in head], source)} if single else None
+        formats = ({f: d.source.format for d in datasets for f in d.files} if info is not None
+                   else file_formats(source, files, limits, warnings, found))
     except BaseException:
         if single:
             single.close()
@@ -350,20 +469,27 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         stale.unlink()
     parts = _PartWriter(out_dir, source, chunk_rows)
     rejects = _Rejects(rd.quarantine / f"{source.name}.parquet", source)
+    tally = _Tally()
     read = 0
     try:
         if single:
             if formats[files[0]]:
-                read += _convert(itertools.chain(head, single), formats[files[0]], source, parts, rejects)
+                read += _convert(itertools.chain(head, single), formats[files[0]], source, parts, rejects, tally)
+        elif info is not None:
+            for d in datasets:
+                for f in d.files:
+                    items = ((f"{d.name}:{p}", it) for p, it in _located_items([f], d.root, limits, notes, counts))
+                    read += _convert(items, d.source.format, d.source, parts, rejects, tally)
         else:
             # OASST trees may span files, so all OASST files are assembled together, after the others.
             for f in files:
                 if formats[f] is not None and formats[f] != "oasst":
                     read += _convert(_located_items([f], root, limits, notes, counts), formats[f], source, parts,
-                                     rejects)
+                                     rejects, tally)
             oasst = [f for f in files if formats[f] == "oasst"]
             if oasst:
-                read += _convert(_located_items(oasst, root, limits, notes, counts), "oasst", source, parts, rejects)
+                read += _convert(_located_items(oasst, root, limits, notes, counts), "oasst", source, parts, rejects,
+                                 tally)
     except BaseException:
         rejects.abort()  # e.g. a later file of a directory is unreadable: leave no half-written quarantine
         raise
@@ -374,6 +500,12 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         raise LedgerImbalance(f"ingest {source.name}: read {read} records but wrote {parts.rows_written} kept + "
                               f"{ledger_written} ledger rows")
     warnings += [f"source {source.name}: {n}" for n in notes]
+    # Text the reader did not use is never dropped silently: counted here, shown in the report.
+    warnings += [f"source {source.name}: fields not read: `{f}` in {n:,} records (map it with `columns`, or set "
+                 "strict_fields = true to quarantine such records)" for f, n in sorted(tally.unread.items())]
+    if n := tally.notes.get("trimmed_trailing_turns"):
+        warnings.append(f"source {source.name}: user/tool turns after the last assistant turn cut in {n:,} records "
+                        "(adjusted.trimmed_trailing_turns)")
     if not sum(counts.values()):
         warnings.append(f"source {source.name}: no records read from {root}")
     if len(files) > 1:
@@ -387,7 +519,7 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         "source": name,
         "tier": str(source.tier.value),
         "format": used.pop() if len(used) == 1 else "mixed" if used else source.format,
-        "file_formats": {(f.relative_to(root).as_posix() if f != root else f.name): fmt for f, fmt in formats.items()},
+        "file_formats": {_file_key(f, root, datasets): fmt for f, fmt in formats.items()},
         "files": [str(f) for f in files],
         "files_not_read": not_read,
         "warnings": warnings,
@@ -396,6 +528,10 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         "quarantined": rejects.quarantined,
         "dropped": rejects.dropped,
         "reasons": dict(sorted(rejects.reasons.items())),
+        # kept records holding text in fields the reader does not read: {field: records}
+        "fields_not_read": dict(sorted(tally.unread.items())),
+        # adjustments made to kept records: {note: records} (trimmed_trailing_turns, think_block)
+        "adjusted": dict(sorted(tally.notes.items())),
         "parts": [str(p) for p in parts.parts],
         "seconds": round(time.perf_counter() - t0, 3),
         # the common fields of a stage result (pipeline.core.stage), for the report and the flow log

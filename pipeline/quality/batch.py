@@ -29,7 +29,8 @@ class Batch:
         return self.df.height
 
     def turns(self, *roles: str, kind: bool = False) -> pl.DataFrame:
-        """row, turn, role, content, norm (normalised content) and, with `kind`, kind (code or prose,
+        """row, turn, role, content, norm (normalised content), calls (the turn makes tool calls: its
+        content may be empty) and, with `kind`, kind (code or prose,
         or also math when there is no hidden column); only `roles` when given. `norm` and `kind` come from the hidden columns (`norm_lists`,
         `kind_lists`) when there are, else they are computed."""
         hidden = [c for c in (NORM, KIND) if c in self.df.columns and (c == NORM or kind)]
@@ -45,7 +46,8 @@ class Batch:
             t = t.with_columns(normalize_texts(t["content"]).alias("norm"))
         if kind and KIND not in hidden:
             t = t.with_columns(kinds(t["content"])["kind"].alias("kind"))
-        t = t.select("row", "turn", "role", "content", "norm", *(["kind"] if kind else []))
+        calls = (pl.col("tool_calls").list.len().fill_null(0) > 0) if "tool_calls" in t.columns else pl.lit(False)
+        t = t.select("row", "turn", "role", "content", "norm", calls.alias("calls"), *(["kind"] if kind else []))
         return t.filter(pl.col("role").is_in(list(roles))) if roles else t
 
 

@@ -35,8 +35,9 @@ def echo(b: Batch, cfg: QualityConfig) -> FilterResult:
     the options the prompt lists. A short answer inside a long prompt is an extracted span or a
     chosen label, not an echo."""
     t = b.turns().rename({"norm": "n"})
-    # Turns are in conversation order, so the previous row is the prompt when it has the same row.
-    same = pl.col("row") == pl.col("row").shift(1)
+    # Turns are in conversation order, so the previous row is the prompt when it has the same row and
+    # is a user turn (an answer that quotes a tool's result is not an echo).
+    same = (pl.col("row") == pl.col("row").shift(1)) & (pl.col("role").shift(1) == "user")
     t = t.with_columns(
         pl.when(same).then(pl.col("n").shift(1)).alias("prev"),
         pl.when(same).then(pl.col("content").shift(1)).alias("prev_content"),

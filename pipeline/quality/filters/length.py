@@ -20,7 +20,8 @@ def length(b: Batch, cfg: QualityConfig) -> FilterResult:
         .then(pl.format("turn {} has {} characters > max_turn_chars {}", "turn", "chars", pl.lit(cfg.max_turn_chars)))
         .when(pl.col("words") > cfg.max_turn_words)
         .then(pl.format("turn {} has {} words > max_turn_words {}", "turn", "words", pl.lit(cfg.max_turn_words)))
-        .when((pl.col("role") == "assistant") & (pl.col("chars") < cfg.min_turn_chars))
+        # a turn that only calls tools has no text to measure
+        .when((pl.col("role") == "assistant") & (pl.col("chars") < cfg.min_turn_chars) & ~pl.col("calls"))
         .then(pl.format("assistant turn {} has {} characters < min_turn_chars {}", "turn", "chars",
                         pl.lit(cfg.min_turn_chars)))
         .alias("why")
