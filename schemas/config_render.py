@@ -23,6 +23,13 @@ class TemplateConfig(BaseModel):
     train_on_prompt: bool = Field(
         default=False, description="also train on system and user contents (off: only assistant turns)"
     )
+    reasoning: Literal["split", "keep", "last", "drop"] = Field(
+        default="split",
+        description="assistant reasoning traces: split = each trained as the template shows it at inference "
+        "(a template that drops earlier turns' reasoning, like Qwen3's, gets one example per such turn, cut "
+        "after it); keep = every turn's reasoning given to the template, what it writes is trained; last = "
+        "only the turns after the last user message keep theirs; drop = none",
+    )
 
 
 class TokenizerConfig(BaseModel):

@@ -121,14 +121,15 @@ def test_jinja_file_and_tokenizer_dir_eos(tmp_path) -> None:
 def test_template_that_rewrites_content_is_refused() -> None:
     t = make_jinja_template("upper", "{% for m in messages %}{{ m['content'] | upper }}</s>{% endfor %}",
                             bos_token=None, eos_token="</s>")
-    with pytest.raises(TemplateError, match="changes, drops or reorders"):
+    # the probe's answer comes out upper-cased, so nothing tells where a turn ends: refused either way
+    with pytest.raises(TemplateError, match="changes or drops the content|cannot tell what closes"):
         t.render(CONV)
 
 
 def test_missing_end_of_turn_is_refused() -> None:
     t = make_jinja_template("noend", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}",
                             bos_token=None, eos_token="</s>")
-    with pytest.raises(TemplateError, match="no end-of-turn token"):
+    with pytest.raises(TemplateError, match="cannot tell what closes an assistant turn"):
         t.render(CONV)
 
 

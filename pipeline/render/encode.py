@@ -28,7 +28,8 @@ from pipeline.core.parts import read_parts
 from pipeline.core.rundir import RunDir, atomic_write_table, claim_run_dir, remove_outputs
 from pipeline.core.stage import StageResult, timed
 from pipeline.render.masks import Encoded, MaskOptions, check_conversation, encode_conversations, render_all
-from pipeline.render.templates import ChatTemplate, Rendered, load_template
+from pipeline.render.reasoning import has_reasoning
+from pipeline.render.templates import ChatTemplate, load_template
 from pipeline.render.tokenizer import (
     cached_bpe,
     ensure_special_tokens,
@@ -46,6 +47,7 @@ ENCODED_SCHEMA = pa.schema([
     ("truncated", pa.bool_()),
     ("input_ids", pa.list_(pa.int32())),
     ("loss_mask", pa.list_(pa.uint8())),
+    ("segments", pa.list_(pa.int32())),  # lengths of the training examples in input_ids (pipeline.render.reasoning)
 ])
 _HIST_EDGES = [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 
@@ -63,6 +65,11 @@ class EncodeResult(StageResult):
     length_histogram: dict[str, int] = field(default_factory=dict)
     supervised_histogram: dict[str, int] = field(default_factory=dict)
     self_check: dict[str, int] = field(default_factory=dict)
+    #: template.reasoning, the conversations with reasoning, the training examples they gave, and those
+    #: whose reasoning the template writes nowhere (not trained: the template has no place for it)
+    reasoning: dict[str, Any] = field(default_factory=dict)
+    #: conversations with tools or tool calls
+    tool_conversations: int = 0
     max_seq_len: int = 0
 
 
@@ -82,7 +89,13 @@ def template_of(cfg: Any) -> ChatTemplate:
 
 
 def mask_options(cfg: Any) -> MaskOptions:
-    return MaskOptions(cfg.template.train_on, cfg.template.train_on_prompt, cfg.pack.max_seq_len, cfg.pack.overflow)
+    return MaskOptions(cfg.template.train_on, cfg.template.train_on_prompt, cfg.pack.max_seq_len, cfg.pack.overflow,
+                       getattr(cfg.template, "reasoning", "split"))
+
+
+def tools_column(df: pl.DataFrame) -> list[object] | None:
+    """Each conversation's tools (a JSON string or None); None for frames written before the column."""
+    return df.get_column("tools").to_list() if "tools" in df.columns else None
 
 
 def training_sample(texts: list[str], max_chars: int) -> list[str]:
@@ -133,19 +146,19 @@ def _histogram(values: list[int]) -> dict[str, int]:
         zip(_HIST_EDGES, [*_HIST_EDGES[1:], 0], counts, strict=True))}
 
 
-def self_check(df: pl.DataFrame, enc: Encoded, rendered: list[Rendered], template: ChatTemplate, tok: Tokenizer,
-               opts: MaskOptions, cfg: Any) -> int:
-    """Decode self-check of a seeded sample of the kept conversations (all with pack.self_check_all)."""
+def self_check(df: pl.DataFrame, enc: Encoded, template: ChatTemplate, tok: Tokenizer, opts: MaskOptions,
+               cfg: Any) -> int:
+    """Decode self-check of a seeded sample of the kept conversations (all with pack.self_check_all),
+    against the template that will be served."""
     kept = [i for i, r in enumerate(enc.reasons) if r is None]
     n = len(kept) if cfg.pack.self_check_all else min(cfg.pack.self_check_sample, len(kept))
     pick = kept if n == len(kept) else sorted(np.random.default_rng(cfg.seed).choice(kept, n, replace=False).tolist())
     cids = df.get_column("conversation_id")
     msgs = df.get_column("messages")
-    for b0 in range(0, len(pick), cfg.tokenizer.batch_size):
-        batch = pick[b0 : b0 + cfg.tokenizer.batch_size]
-        encs = tok.encode_batch([rendered[i].text for i in batch], add_special_tokens=False)
-        for i, e in zip(batch, encs, strict=True):
-            check_conversation(cids[i], msgs[i].to_list(), enc.ids[i], enc.masks[i], template, tok, opts, enc=e)
+    tools = tools_column(df)
+    for i in pick:
+        check_conversation(cids[i], msgs[i].to_list(), enc.ids[i], enc.masks[i], template, tok, opts,
+                           tools=tools[i] if tools else None, segments=enc.segments[i])
     return len(pick)
 
 
@@ -172,6 +185,7 @@ def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarra
             pa.array([enc.truncated[i] for i in idx], pa.bool_()),
             _list_array([enc.ids[i] for i in idx], pa.int32()),
             _list_array([enc.masks[i] for i in idx], pa.uint8()),
+            _list_array([np.asarray(enc.segments[i], dtype=np.int32) for i in idx], pa.int32()),
         ], schema=ENCODED_SCHEMA)
         paths.append(atomic_write_table(table, out_dir / f"part-{p:05d}.parquet", compression="zstd"))
     return paths
@@ -196,10 +210,23 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         template = template_of(cfg)
         opts = mask_options(cfg)
         msgs = df.get_column("messages").to_list()
-        rendered, errors = render_all(template, msgs)
-        tok, tok_info = resolve_tokenizer(rd.root, cfg, template, [r.text for r in rendered])
-        enc = encode_conversations(msgs, template, tok, opts, cfg.tokenizer.batch_size, rendered=(rendered, errors))
-        checked = self_check(df, enc, rendered, template, tok, opts, cfg)
+        tools = tools_column(df)
+        rendered, errors = render_all(template, msgs, tools, opts.reasoning)
+        tok, tok_info = resolve_tokenizer(rd.root, cfg, template, [r.text for rs in rendered for r in rs])
+        enc = encode_conversations(msgs, template, tok, opts, cfg.tokenizer.batch_size, rendered=(rendered, errors),
+                                   tools=tools)
+        checked = self_check(df, enc, template, tok, opts, cfg)
+        with_reasoning = [i for i, m in enumerate(msgs) if has_reasoning(m)]
+        result.reasoning = {
+            "mode": opts.reasoning,
+            "conversations": len(with_reasoning),
+            "training_examples": sum(len(rendered[i]) for i in with_reasoning),
+            "not_rendered": 0 if template.renders_reasoning or opts.reasoning == "drop" else len(with_reasoning),
+        }
+        result.tool_conversations = sum(
+            1 for i, m in enumerate(msgs)
+            if (tools and tools[i]) or any(x.get("tool_calls") or x.get("role") == "tool" for x in m)
+        )
         del rendered
 
         reasons = pl.Series("reason", enc.reasons, dtype=pl.String)

@@ -21,12 +21,13 @@ characters (a role header or separator) never system or user content; the decode
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from pipeline.render.reasoning import split_think, training_examples
 from pipeline.render.templates import ChatTemplate, Messages, Rendered, TemplateError, Turn
 
 TOO_LONG = "tokenize.too_long"
@@ -43,6 +44,7 @@ class MaskOptions:
     train_on_prompt: bool = False
     max_seq_len: int | None = None
     overflow: str = "drop"
+    reasoning: str = "split"  # pipeline.render.reasoning
 
 
 @dataclass
@@ -56,6 +58,9 @@ class Encoded:
     full_tokens: list[int] = field(default_factory=list)  # rendered length before truncation
     full_supervised: list[int] = field(default_factory=list)  # targets before truncation
     truncated: list[bool] = field(default_factory=list)
+    #: lengths of the training examples concatenated in `ids` (one, unless template.reasoning = "split"
+    #: cut the conversation into several); each is a packed segment of its own
+    segments: list[list[int]] = field(default_factory=list)
 
 
 def special_token_pattern(tok: Tokenizer) -> re.Pattern[str] | None:
@@ -120,12 +125,54 @@ def mask_one(enc: Encoding, rendered: Rendered, opts: MaskOptions) -> tuple[np.n
     return ids, mask, ends
 
 
+def _tools_at(tools: Sequence[object] | None, i: int) -> object:
+    return tools[i] if tools is not None else None
+
+
+def _mask_example(
+    msgs: Messages, rend: Rendered, enc: Encoding, opts: MaskOptions, specials: re.Pattern[str] | None, limit: int | None,
+) -> tuple[np.ndarray, np.ndarray, int, int, bool, str | None, str | None]:
+    """ids, mask, full tokens, full targets, truncated, reason, detail of one training example."""
+    ids, mask, ends = mask_one(enc, rend, opts)
+    n, sup = len(ids), int(mask.sum())
+    reason = detail = None
+    truncated = False
+    # A control token written as text inside a message would be encoded as the control token
+    # itself (an end-of-turn in the middle of a reply): such data cannot be trained on faithfully.
+    found = next(
+        ((k, m, f) for k, m in enumerate(msgs) for f in (m.get("content"), m.get("reasoning"))
+         if specials and f and specials.search(f)), None,
+    )
+    if found is not None:
+        k, m, f = found
+        reason = SPECIAL_IN_CONTENT
+        detail = (
+            f"message {k} ({m['role']}) contains the special token {specials.search(f).group()!r} as text, "
+            "which would be encoded as the control token itself: remove or escape it in the source data"
+        )
+    elif limit is not None and n > limit:
+        fits = [e for e in ends if 0 < e <= limit]
+        if opts.overflow == "truncate" and fits:
+            ids, mask, truncated = ids[: fits[-1]], mask[: fits[-1]], True
+        else:
+            reason = TOO_LONG
+            fix = (
+                "not even its first assistant turn fits, so truncation cannot keep it"
+                if opts.overflow == "truncate"
+                else "set pack.overflow = 'truncate' to keep its first turns, or raise pack.max_seq_len"
+            )
+            detail = f"conversation is {n:,} tokens > pack.max_seq_len {limit:,}: {fix}"
+    return ids, mask, n, sup, truncated, reason, detail
+
+
 def encode_conversations(
     conversations: Sequence[Messages], template: ChatTemplate, tok: Tokenizer, opts: MaskOptions,
-    batch_size: int = 4096, rendered: tuple[list[Rendered], list[str | None]] | None = None,
+    batch_size: int = 4096, rendered: tuple[list[list[Rendered]], list[str | None]] | None = None,
+    tools: Sequence[object] | None = None,
 ) -> Encoded:
-    """Render (unless `rendered` = render_all(template, conversations) is given), tokenize (batched) and
-    mask conversations; apply the overflow policy."""
+    """Render (unless `rendered` = render_all(template, conversations, tools, opts.reasoning) is given),
+    tokenize (batched) and mask conversations; apply the overflow policy. `tools[i]` is conversation
+    i's tools (JSON string or None)."""
     from pipeline.core.progress import Progress
 
     out = Encoded()
@@ -136,43 +183,23 @@ def encode_conversations(
         progress.update(min(batch_size, len(conversations) - b0))
         batch = conversations[b0 : b0 + batch_size]
         if rendered is None:
-            rendered_batch, errors = render_all(template, batch)
+            batch_tools = None if tools is None else tools[b0 : b0 + batch_size]
+            rendered_batch, errors = render_all(template, batch, batch_tools, opts.reasoning)
         else:
             rendered_batch = rendered[0][b0 : b0 + batch_size]
             errors = rendered[1][b0 : b0 + batch_size]
-        encs = tok.encode_batch([r.text for r in rendered_batch], add_special_tokens=False)
-        for msgs, rend, enc, error in zip(batch, rendered_batch, encs, errors, strict=True):
-            ids, mask, ends = mask_one(enc, rend, opts)
-            n, sup = len(ids), int(mask.sum())
-            out.full_tokens.append(n)
-            out.full_supervised.append(sup)
-            reason = detail = None
-            truncated = False
-            # A control token written as text inside a message would be encoded as the control token
-            # itself (an end-of-turn in the middle of a reply): such data cannot be trained on faithfully.
-            found = next(((k, m) for k, m in enumerate(msgs) if specials and specials.search(m["content"])), None)
-            if error is not None:
-                reason, detail = TEMPLATE_ERROR, error
-            elif found is not None:
-                k, m = found
-                reason = SPECIAL_IN_CONTENT
-                detail = (
-                    f"message {k} ({m['role']}) contains the special token "
-                    f"{specials.search(m['content']).group()!r} as text, which would be encoded as the "
-                    "control token itself: remove or escape it in the source data"
-                )
-            elif limit is not None and n > limit:
-                fits = [e for e in ends if 0 < e <= limit]
-                if opts.overflow == "truncate" and fits:
-                    ids, mask, truncated = ids[: fits[-1]], mask[: fits[-1]], True
-                else:
-                    reason = TOO_LONG
-                    fix = (
-                        "not even its first assistant turn fits, so truncation cannot keep it"
-                        if opts.overflow == "truncate"
-                        else "set pack.overflow = 'truncate' to keep its first turns, or raise pack.max_seq_len"
-                    )
-                    detail = f"conversation is {n:,} tokens > pack.max_seq_len {limit:,}: {fix}"
+        flat = [r for rs in rendered_batch for r in rs]
+        encs = iter(tok.encode_batch([r.text for r in flat], add_special_tokens=False))
+        for msgs, rends, error in zip(batch, rendered_batch, errors, strict=True):
+            parts = [_mask_example(msgs, r, next(encs), opts, specials, limit) for r in rends]
+            reason = TEMPLATE_ERROR if error is not None else next((p[5] for p in parts if p[5]), None)
+            detail = error if error is not None else next((p[6] for p in parts if p[5]), None)
+            truncated = any(p[4] for p in parts)
+            kept = [p for p in parts if p[0].size]
+            ids = np.concatenate([p[0] for p in kept]) if kept else np.zeros(0, np.int32)
+            mask = np.concatenate([p[1] for p in kept]) if kept else np.zeros(0, np.uint8)
+            out.full_tokens.append(sum(p[2] for p in parts))
+            out.full_supervised.append(sum(p[3] for p in parts))
             if reason is None and not mask.any():
                 reason = NO_SUPERVISED
                 detail = (
@@ -181,28 +208,49 @@ def encode_conversations(
                     else "the template leaves no assistant token to train on"
                 )
             if reason is not None:
-                ids, mask = ids[:0], mask[:0]
+                ids, mask, kept = ids[:0], mask[:0], []
             out.ids.append(ids)
             out.masks.append(mask)
             out.reasons.append(reason)
             out.details.append(detail)
             out.truncated.append(truncated)
+            out.segments.append([len(p[0]) for p in kept])
     if out.reasons and all(r == TEMPLATE_ERROR for r in out.reasons):
         raise TemplateError(f"the template rendered no conversation; the first error: {out.details[0]}")
     return out
 
 
-def render_all(template: ChatTemplate, batch: Sequence[Messages]) -> tuple[list[Rendered], list[str | None]]:
-    """Render a batch; a conversation the template refuses (e.g. its raise_exception on a system
-    message) becomes an empty placeholder and an error sentence, so it is dropped, not fatal."""
-    rendered: list[Rendered] = []
+def render_examples(template: ChatTemplate, messages: Messages, tools: object = None, reasoning: str = "split"
+                    ) -> list[Rendered]:
+    """The training examples of one conversation (pipeline.render.reasoning), rendered; the assistant
+    turns an example holds only as context carry the role "context" (never targets)."""
+    out = []
+    for msgs, first in training_examples(
+        messages, reasoning, renders_reasoning=template.renders_reasoning,
+        renders_past_reasoning=template.renders_past_reasoning,
+    ):
+        r = template.render(msgs, tools, context=first)
+        if first:
+            r = Rendered(r.text, [t._replace(role="context") if t.role == "assistant" and t.message < first else t
+                                  for t in r.turns])
+        out.append(r)
+    return out
+
+
+def render_all(
+    template: ChatTemplate, batch: Sequence[Messages], tools: Sequence[object] | None = None, reasoning: str = "split",
+) -> tuple[list[list[Rendered]], list[str | None]]:
+    """Render a batch: each conversation's training examples. A conversation the template refuses
+    (e.g. its raise_exception on a system message, a tool call it cannot write) renders no example
+    and an error sentence, so it is dropped, not fatal."""
+    rendered: list[list[Rendered]] = []
     errors: list[str | None] = []
-    for m in batch:
+    for i, m in enumerate(batch):
         try:
-            rendered.append(template.render(m))
+            rendered.append(render_examples(template, m, _tools_at(tools, i), reasoning))
             errors.append(None)
         except TemplateError as e:
-            rendered.append(Rendered("", []))
+            rendered.append([])
             errors.append(str(e))
     return rendered, errors
 
@@ -218,24 +266,44 @@ def _same_text(decoded: str, original: str) -> bool:
 
 def check_conversation(
     conversation_id: str, messages: Messages, ids: np.ndarray, mask: np.ndarray, template: ChatTemplate,
-    tok: Tokenizer, opts: MaskOptions, enc: Encoding | None = None,
+    tok: Tokenizer, opts: MaskOptions, enc: Encoding | None = None, *, tools: object = None,
+    segments: Sequence[int] | None = None,
 ) -> None:
-    """Decode self-check of one written conversation; raises SelfCheckError naming it.
+    """Decode self-check of one written conversation against the template that will be SERVED (a
+    built-in's Jinja, not its Python fast path); raises SelfCheckError naming it.
 
-    - the ids are the tokenization of the rendered text (a prefix, if truncated);
+    Per training example (`segments`: their lengths in `ids`; one if None):
+    - the ids are the tokenization of the served rendering (a prefix, if truncated);
     - each run of supervised tokens decodes exactly to the text its offsets cover, and that text is
-      target spans (assistant content + end-of-turn marker) plus, at most, template text at its
-      edges from straddling tokens, never a character of a non-target turn's content;
+      target spans (an assistant turn's output + end-of-turn marker) plus, at most, template text at
+      its edges from straddling tokens, never a character of a non-target turn's content;
     - every target span inside the written tokens is supervised in full; the first token is not.
     """
-    rendered = template.render(messages)
-    if enc is None:  # callers checking many conversations pass encodings made with encode_batch
-        enc = tok.encode(rendered.text, add_special_tokens=False)
-    n = len(ids)
-
     def fail(why: str) -> None:
         raise SelfCheckError(f"self-check failed for conversation {conversation_id}: {why}")
 
+    served = template.served()
+    try:
+        examples = render_examples(served, messages, tools, opts.reasoning)
+    except TemplateError as e:
+        fail(f"the served template {served.name!r} refuses it: {e}")
+    segs = list(segments) if segments is not None else [len(ids)]
+    if len(segs) != len(examples) or sum(segs) != len(ids):
+        fail(f"{len(segs)} written segments ({sum(segs)} tokens) for {len(examples)} training examples")
+    contents = {(split_think(m).get("content") or "").strip() for m in messages if m["role"] == "assistant"}
+    off = 0
+    for rendered, n in zip(examples, segs, strict=True):
+        # an encoding made by the caller is of the fast path's text: only trusted for a served template
+        e = enc if enc is not None and len(examples) == 1 and served is template else None
+        if e is None:
+            e = tok.encode(rendered.text, add_special_tokens=False)
+        _check_example(fail, rendered, ids[off : off + n], mask[off : off + n], e, tok, opts, contents)
+        off += n
+
+
+def _check_example(fail: Callable[[str], None], rendered: Rendered, ids: np.ndarray, mask: np.ndarray,
+                   enc: Encoding, tok: Tokenizer, opts: MaskOptions, contents: set[str]) -> None:
+    n = len(ids)
     if list(enc.ids[:n]) != ids.tolist():
         fail("the written ids are not the tokenization of the rendered conversation")
     if n and mask[0]:
@@ -275,7 +343,6 @@ def check_conversation(
     for t in targets:
         if not covered[t.start : t.end].all():
             fail(f"the {t.role} turn {text[t.start:t.end]!r} is not supervised in full")
-    contents = {m["content"] for m in messages if m["role"] == "assistant"}
     for t in targets:
         if t.role == "assistant" and not any(c in text[t.start : t.end] for c in contents):
             fail(f"the supervised span {text[t.start:t.end]!r} holds no assistant content")

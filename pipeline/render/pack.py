@@ -107,6 +107,22 @@ def _write_shards(
     return entries
 
 
+def _segments(
+    df: pl.DataFrame, ids: list[np.ndarray], masks: list[np.ndarray], cids: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[list[int]]]:
+    """Per packed segment: ids, mask, conversation_id; and each conversation's segment indices."""
+    lens = df.get_column("segments").to_list() if "segments" in df.columns else [None] * df.height
+    seg_ids, seg_masks, seg_cids, conv_segs = [], [], [], []
+    for i in range(df.height):
+        bounds = np.cumsum([0, *(lens[i] or [len(ids[i])])])
+        conv_segs.append(list(range(len(seg_ids), len(seg_ids) + len(bounds) - 1)))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            seg_ids.append(ids[i][a:b])
+            seg_masks.append(masks[i][a:b])
+            seg_cids.append(cids[i])
+    return seg_ids, seg_masks, seg_cids, conv_segs
+
+
 def _group_stats(frame: pl.DataFrame, key: str) -> dict[str, dict[str, int]]:
     g = frame.group_by(key).agg(
         pl.len().alias("segments"), pl.col("tokens").sum(), pl.col("supervised").sum()
@@ -135,7 +151,9 @@ def run_pack(run_dir: str | Path, cfg: Any) -> PackResult:
     with timed(result):
         rd = claim_run_dir(run_dir)
         curated = read_curated(rd.root)
-        encoded = read_encoded(rd.root).select("origin", "tokens", "supervised", "input_ids", "loss_mask")
+        encoded = read_encoded(rd.root)
+        encoded = encoded.select("origin", "tokens", "supervised", "input_ids", "loss_mask",
+                                 *(["segments"] if "segments" in encoded.columns else []))
         # curated rows the encode stage dropped (curated/ written by hand, or by an older version) are
         # left out here; the encode stage's ledger rows account for them
         df = curated.join(encoded, on="origin", how="inner", maintain_order="left")
@@ -146,6 +164,9 @@ def run_pack(run_dir: str | Path, cfg: Any) -> PackResult:
         repeats = df.get_column("repeat").to_numpy()
         train_items = [i for i in range(df.height) if not is_val[i] for _ in range(max(1, int(repeats[i])))]
         val_items = [i for i in range(df.height) if is_val[i]]
+        # A conversation that template.reasoning = "split" made into several training examples is packed
+        # as that many segments (each attends only to itself), all with its conversation_id.
+        seg_ids, seg_masks, seg_cids, conv_segs = _segments(df, ids, masks, cids)
 
         remove_outputs(rd.shards, "train-[0-9][0-9][0-9][0-9][0-9].parquet")
         remove_outputs(rd.shards, "val-[0-9][0-9][0-9][0-9][0-9].parquet")
@@ -153,13 +174,14 @@ def run_pack(run_dir: str | Path, cfg: Any) -> PackResult:
         entries, packing = [], {}
         cap = cfg.pack.max_seq_len
         for split, items, seed in (("train", train_items, cfg.seed), ("val", val_items, cfg.seed + 1)):
-            lengths = np.array([len(ids[i]) for i in items], dtype=np.int64)
+            segs = [k for i in items for k in conv_segs[i]]
+            lengths = np.array([len(seg_ids[k]) for k in segs], dtype=np.int64)
             local = _rows(lengths, cap, cfg.pack.packing, seed)
-            rows = [[items[j] for j in row] for row in local]
-            entries += _write_shards(rd.shards, split, rows, ids, masks, cids, cfg.pack.rows_per_shard)
+            rows = [[segs[j] for j in row] for row in local]
+            entries += _write_shards(rd.shards, split, rows, seg_ids, seg_masks, seg_cids, cfg.pack.rows_per_shard)
             real = int(lengths.sum())
             packing[split] = {
-                "rows": len(rows), "segments": len(items), "real_tokens": real, "row_capacity": len(rows) * cap,
+                "rows": len(rows), "segments": len(segs), "real_tokens": real, "row_capacity": len(rows) * cap,
                 "efficiency": real / (len(rows) * cap) if rows else 0.0,
             }
         ntok = df.get_column("tokens").to_list()
