@@ -60,6 +60,16 @@ def _render_files(cfg: Any) -> list[Path]:
     return files
 
 
+def _reference_files(cfg: Any) -> list[Path]:
+    """The reference model's config, tokenizer and (up to the content-hash limit) weight files."""
+    ref = cfg.select.reference_model
+    if ref is None or not Path(ref).is_dir():
+        return []
+    from pipeline.score.reference import CONTENT_HASH_LIMIT, model_files
+
+    return [p for p in model_files(Path(ref)) if p.stat().st_size <= CONTENT_HASH_LIMIT]
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     # per source: the flow maps it over the sources, keyed by each source's own settings and file
     Stage("ingest", "pipeline.ingest.stage:ingest_source", ("pipeline.ingest.stage",), (), (),
@@ -71,10 +81,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           lambda rd, _: [rd.stage_dir("quality"), rd.ledger / "quality.parquet"]),
     Stage("encode", "flows.stages:run_encode", ("pipeline.render.encode",), ("template", "tokenizer", "pack", "seed"), ("quality",),
           lambda rd, _: [rd.stage_dir("encode"), rd.tokenizer, rd.ledger / "tokenize.parquet"], _render_files),
-    Stage("mix", "flows.stages:run_mix", ("pipeline.mix.stage",), ("mix", "select", "seed", "pack"), ("quality", "encode"),
+    Stage("score", "flows.stages:run_score", ("pipeline.score.stage",), ("select", "template", "tokenizer", "pack"),
+          ("quality", "encode"), lambda rd, _: [rd.stage_dir("score")], _reference_files),
+    Stage("mix", "flows.stages:run_mix", ("pipeline.mix.stage",), ("mix", "select", "seed", "pack"), ("quality", "encode", "score"),
           lambda rd, _: [rd.curated, rd.stage_dir("mix"), rd.ledger / "mix.parquet"]),
     Stage("pack", "flows.stages:run_pack", ("pipeline.render.pack",), ("pack", "seed"), ("mix", "encode"),
           lambda rd, _: [rd.shards, rd.stage_dir("pack")]),
+    # the proxy ablation ([ablation] enabled): small models on the selection, a random subset, each tier
+    Stage("ablation", "flows.stages:run_ablation", ("pipeline.score.ablation",),
+          ("ablation", "select", "seed", "template", "tokenizer", "pack"), ("quality", "encode", "mix"),
+          lambda rd, _: [rd.stage_dir("ablation")], _reference_files),
 )}
 #: not a data stage, but cached the same way: the model trained on the shards
 TRAIN = Stage("train", "trainer.fit:train", ("trainer.fit",), ("model", "train", "lora", "seed"), ("pack",),
@@ -106,13 +122,25 @@ def run_encode(inputs: Inputs, run_dir: Path, cfg: Any) -> Any:
     return encode(inputs["quality"], run_dir, cfg)
 
 
+def run_score(inputs: Inputs, run_dir: Path, cfg: Any) -> Any:
+    from pipeline.score.stage import run_score as score
+
+    return score(inputs["quality"], run_dir, cfg, encoded=inputs["encode"])
+
+
 def run_mix(inputs: Inputs, run_dir: Path, cfg: Any) -> Any:
     from pipeline.mix.stage import run_mix as mix
 
-    return mix(inputs["quality"], run_dir, cfg, encoded=inputs["encode"])
+    return mix(inputs["quality"], run_dir, cfg, encoded=inputs["encode"], scores=inputs.get("score"))
 
 
 def run_pack(inputs: Inputs, run_dir: Path, cfg: Any) -> Any:
     from pipeline.render.pack import run_pack as pack
 
     return pack(run_dir, cfg)
+
+
+def run_ablation(inputs: Inputs, run_dir: Path, cfg: Any) -> Any:
+    from pipeline.score.ablation import run_ablation as ablation
+
+    return ablation(inputs["quality"], inputs["encode"], inputs["mix"], run_dir, cfg)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas.config_curation import DedupConfig, QualityConfig
 from schemas.config_flow import GateConfig, ReportConfig, RunnerConfig
-from schemas.config_mix import BeforeAfterConfig, MixConfig, SelectConfig
+from schemas.config_mix import AblationConfig, BeforeAfterConfig, MixConfig, SelectConfig
 from schemas.config_render import PackConfig, TemplateConfig, TokenizerConfig
 from schemas.config_sources import SourceConfig
 from schemas.config_train import LoraConfig, ModelConfig, TrainConfig
@@ -38,6 +38,7 @@ class RunConfig(BaseModel):
     mix: MixConfig = Field(default_factory=MixConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     before_after: BeforeAfterConfig = Field(default_factory=BeforeAfterConfig)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
@@ -72,7 +73,7 @@ class RunConfig(BaseModel):
 
     #: sections that do not decide the curated data: where it goes, how the flow runs, training
     NOT_DATA: ClassVar[frozenset[str]] = frozenset(
-        {"name", "output_dir", "runner", "gate", "report", "model", "train", "lora", "before_after"}
+        {"name", "output_dir", "runner", "gate", "report", "model", "train", "lora", "before_after", "ablation"}
     )
 
     def data_hash(self) -> str:

@@ -15,9 +15,10 @@ max_conversations = 5000
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.conversation import Tier
 
@@ -111,6 +112,10 @@ class SelectRule(BaseModel):
     )
 
 
+#: the scores `select.score` can name (alone, or weighted in a table)
+SCORE_KINDS = ("heuristic", "ifd", "perplexity")
+
+
 class SelectConfig(BaseModel):
     """Quality score (always computed and stored in curated/) and optional top-N selection."""
 
@@ -134,6 +139,61 @@ class SelectConfig(BaseModel):
     )
     num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations for diversify")
     shingle_words: int = Field(default=3, ge=1, le=16, description="word n-gram size of the MinHash shingles")
+    quota_by: Literal["conversations", "tokens"] = Field(
+        default="conversations",
+        description="what top_n / top_fraction count: conversations, or (tokens) top_fraction of each source's "
+        "tokens, best first, so every source's and tier's token share is what it was before selection",
+    )
+    reference_model: Path | None = Field(
+        default=None,
+        description="a local Hugging Face causal LM directory: score each conversation's assistant tokens "
+        "with it (loss with and without the prompt, perplexity, IFD; pipeline.score)",
+    )
+    score: str | dict[str, float] = Field(
+        default="heuristic",
+        description="what selection ranks by: heuristic | ifd | perplexity, or a table of weights, e.g. "
+        "{heuristic = 1, ifd = 1} (ifd and perplexity need reference_model)",
+    )
+    ifd_above_one: Literal["keep", "drop", "down_weight"] = Field(
+        default="keep",
+        description="a conversation whose IFD > 1 (its prompt does not help predict the response): keep it, "
+        "drop it (mix.ifd_above_one), or multiply its score by ifd_penalty",
+    )
+    ifd_penalty: float = Field(default=0.5, ge=0.0, le=1.0, description="score factor with ifd_above_one = down_weight")
+    score_max_tokens: int = Field(
+        default=1024, ge=8, le=1_048_576, description="reference scoring reads at most this many tokens of a conversation"
+    )
+    score_batch_tokens: int = Field(
+        default=8192, ge=64, le=1_048_576, description="tokens packed into one reference-model forward"
+    )
+    score_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the reference model runs")
+
+    @field_validator("score")
+    @classmethod
+    def _known_score(cls, v: str | dict[str, float]) -> str | dict[str, float]:
+        names = [v] if isinstance(v, str) else list(v)
+        bad = [n for n in names if n not in SCORE_KINDS]
+        if bad:
+            raise ValueError(f"unknown score {', '.join(bad)}: use {' | '.join(SCORE_KINDS)} or a table of them")
+        if isinstance(v, dict) and (not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0):
+            raise ValueError("a score table needs weights >= 0 with a positive sum, e.g. {heuristic = 1, ifd = 1}")
+        return v
+
+    def score_weights(self) -> dict[str, float]:
+        """The score as weights: "ifd" -> {"ifd": 1.0}."""
+        return {self.score: 1.0} if isinstance(self.score, str) else {k: float(w) for k, w in self.score.items() if w}
+
+    def uses_reference(self) -> bool:
+        return any(k != "heuristic" for k in self.score_weights()) or self.ifd_above_one != "keep"
+
+    @model_validator(mode="after")
+    def _reference_needed(self) -> SelectConfig:
+        if self.reference_model is None and self.uses_reference():
+            raise ValueError(
+                f"select.score = {self.score!r} / ifd_above_one = {self.ifd_above_one!r} need model scores: "
+                "set select.reference_model to a local Hugging Face model directory"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tier_values_in_range(self) -> SelectConfig:
@@ -153,3 +213,31 @@ class BeforeAfterConfig(BaseModel):
     max_prompt_tokens: int = Field(
         default=512, ge=8, le=1_048_576, description="prompts longer than this are left-truncated"
     )
+
+
+class AblationConfig(BaseModel):
+    """A proxy ablation: the same small model trained on the selection, on a random subset of the same
+    tokens, and on each tier alone at equal tokens; validation loss per source and tier for each."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(default=False, description="run the ablation after the data stages")
+    model: Literal["scratch", "lora"] = Field(
+        default="scratch",
+        description="scratch: a tiny Llama on the run's tokenizer; lora: LoRA on select.reference_model",
+    )
+    hidden_size: int = Field(default=64, ge=8, le=4096, description="the scratch model's width")
+    num_layers: int = Field(default=2, ge=1, le=64, description="the scratch model's layers")
+    num_heads: int = Field(default=4, ge=1, le=64, description="the scratch model's attention heads")
+    lora_r: int = Field(default=8, ge=1, le=256, description="LoRA rank with model = lora")
+    max_tokens: int = Field(
+        default=16_384, ge=256, le=1_000_000_000, description="tokens each arm trains on (at most the selection's)"
+    )
+    epochs: int = Field(default=2, ge=1, le=100, description="passes over each arm's tokens")
+    batch_tokens: int = Field(default=1024, ge=64, le=1_048_576, description="tokens per optimizer step")
+    lr: float = Field(default=5e-3, gt=0.0, le=1.0, description="AdamW peak learning rate (warmup, then cosine to 10%)")
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="held out of every arm, by hash")
+    max_seq_len: int = Field(default=512, ge=16, le=1_048_576, description="a conversation is cut to this")
+    tiers: bool = Field(default=True, description="also train one arm per tier")
+    num_prompts: int = Field(default=3, ge=0, le=100, description="validation prompts answered by each arm")
+    max_new_tokens: int = Field(default=32, ge=1, le=1024, description="greedy answer length")
+    num_threads: int = Field(default=0, ge=0, le=1024, description="torch threads (0: torch's default)")

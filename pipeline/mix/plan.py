@@ -160,6 +160,8 @@ def apply_weights(df: pl.DataFrame, mix: MixConfig, keys: np.ndarray) -> tuple[n
     detail = np.full(n, None, dtype=object)
     sel = df["_selected"].to_numpy()
     reason[~sel] = "mix.unselected"
+    if "_eligible" in df.columns:  # the reference model's IFD > 1 drop (pipeline.mix.model_scores)
+        reason[~df["_eligible"].to_numpy()] = "mix.ifd_above_one"
     detail[~sel] = df["_select_detail"].to_numpy()[~sel]
     weight = np.ones(n)
     for source, rule in mix.sources.items():

@@ -215,19 +215,24 @@ def greedy_diverse(
     quotas: dict[str, int],
     signatures: np.ndarray | None,
     threshold: float | None,
+    costs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Walk rows in `order` (best first); keep a row while its source has quota left and (with
-    signatures) it is not a near copy of a kept row. Returns (kept mask, near_of index or -1)."""
+    signatures) it is not a near copy of a kept row. Returns (kept mask, near_of index or -1).
+
+    `costs`: what a row takes from its source's quota (default 1, a conversation; tokens with
+    `select.quota_by = "tokens"`, where a row that does not fit is passed over: first fit)."""
     n = len(sources)
     kept = np.zeros(n, dtype=bool)
     near_of = np.full(n, -1, dtype=np.int64)
-    left = dict(quotas)
+    left: dict[str, float] = {k: float(v) for k, v in quotas.items()}
+    cost = np.ones(n) if costs is None else np.asarray(costs, dtype=np.float64)
     if signatures is None or threshold is None:
         for i in order:
             s = sources[i]
-            if left.get(s, 0) > 0:
+            if left.get(s, 0) > 0 and left[s] >= cost[i]:
                 kept[i] = True
-                left[s] -= 1
+                left[s] -= cost[i]
         return kept, near_of
     num_perm = signatures.shape[1]
     bands, rows = band_layout(num_perm, threshold)
@@ -236,7 +241,7 @@ def greedy_diverse(
     keys = [signatures[:, b * rows : (b + 1) * rows] for b in range(bands)]
     for i in order:
         s = sources[i]
-        if left.get(s, 0) <= 0:
+        if left.get(s, 0) <= 0 or left.get(s, 0) < cost[i]:
             continue
         band_keys = [keys[b][i].tobytes() for b in range(bands)]
         candidates: set[int] = set()
@@ -250,29 +255,52 @@ def greedy_diverse(
                 near_of[i] = int(cand[hit[np.argmax(agree[hit])]])
                 continue
         kept[i] = True
-        left[s] -= 1
+        left[s] -= cost[i]
         for b, k in enumerate(band_keys):
             buckets[b].setdefault(k, []).append(int(i))
     return kept, near_of
 
 
+def token_quotas(df: pl.DataFrame, cfg: SelectConfig) -> dict[str, int]:
+    """Per-source token budget with `quota_by = "tokens"`: top_fraction of the source's tokens (the
+    same fraction everywhere keeps every source's and tier's token share as it was)."""
+    out: dict[str, int] = {}
+    for source, tokens in df.group_by("source").agg(pl.col("_tokens").sum()).iter_rows():
+        rule = cfg.sources.get(source)
+        frac = rule.top_fraction if rule and rule.top_fraction is not None else cfg.top_fraction
+        out[source] = int(tokens) if frac is None else int(math.floor(frac * int(tokens) + 0.5))
+    return out
+
+
 def select(df: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
     """Scored `df` (see score_frame) plus `_selected` (bool) and `_select_detail` (why a row was
-    left out, null when kept). With selection off, every row is selected."""
+    left out, null when kept). With selection off, every row is selected. Rows with `_eligible`
+    false (pipeline.mix.model_scores: IFD > 1 dropped) are never selected and keep their
+    `_eligible_detail`."""
+    eligible = df["_eligible"].to_numpy() if "_eligible" in df.columns else None
     if not cfg.enabled or df.height == 0:
-        return df.with_columns(
-            pl.lit(True).alias("_selected"), pl.lit(None, dtype=pl.String).alias("_select_detail")
-        )
+        sel = pl.lit(True) if eligible is None else pl.col("_eligible")
+        detail = pl.lit(None, dtype=pl.String) if eligible is None else pl.col("_eligible_detail")
+        return df.with_columns(sel.alias("_selected"), detail.alias("_select_detail"))
     keys = sample_keys(df["conversation_id"], seed)
     order = priority_order(df, keys, by_score=True)
-    quotas = source_quotas(df, cfg)
+    if eligible is not None:
+        order = order[eligible[order]]
+    by_tokens = cfg.quota_by == "tokens"
+    quotas = token_quotas(df.filter(pl.col("_eligible")) if eligible is not None else df, cfg) if by_tokens \
+        else source_quotas(df, cfg)
+    costs = df["_tokens"].to_numpy() if by_tokens else None
     sigs = None
     if cfg.diversify_threshold is not None:
         sigs = minhash_signatures(df, cfg.num_perm, cfg.shingle_words, seed)
-    kept, near_of = greedy_diverse(order, df["source"].to_list(), quotas, sigs, cfg.diversify_threshold)
+    kept, near_of = greedy_diverse(order, df["source"].to_list(), quotas, sigs, cfg.diversify_threshold, costs)
+    if by_tokens and cfg.top_n is not None:  # top_n still bounds the conversations of a source
+        cap = source_quotas(df, cfg.model_copy(update={"top_fraction": None}))
+        kept, _ = greedy_diverse(order[kept[order]], df["source"].to_list(), cap, None, None)
     origins = df["origin"].to_list()
     near_origin = [origins[j] if j >= 0 else None for j in near_of.tolist()]
-    return (
+    unit = "tokens" if by_tokens else ""
+    out = (
         df.with_columns(
             pl.Series("_selected", kept),
             pl.Series("_near_of", near_origin, dtype=pl.String),
@@ -291,7 +319,7 @@ def select(df: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
             )
             .otherwise(
                 pl.format(
-                    "not selected: score {} is below the top {} of source '{}'",
+                    "not selected: score {} is below the top {}" + (f" {unit}" if unit else "") + " of source '{}'",
                     pl.col("score").round(3),
                     pl.col("_quota"),
                     pl.col("source"),
@@ -301,3 +329,9 @@ def select(df: pl.DataFrame, cfg: SelectConfig, seed: int) -> pl.DataFrame:
         )
         .drop("_near_of", "_quota")
     )
+    if eligible is not None:
+        out = out.with_columns(
+            pl.when(pl.col("_eligible")).then(pl.col("_select_detail")).otherwise(pl.col("_eligible_detail"))
+            .alias("_select_detail")
+        )
+    return out

@@ -201,15 +201,39 @@ def mix_stats(planned: pl.DataFrame, cfg: RunConfig, counter: str) -> MixResult:
     )
 
 
+#: per candidate, for the report's selection section (score distributions, the margin of the cut)
+SCORE_VIEW = ("score", "score_heuristic", "ifd", "ref_ppl", "ref_loss", "ref_loss_alone")
+SNIPPET_CHARS = 300
+
+
+def write_scores(planned: pl.DataFrame, path: Path) -> Path:
+    """`work/mix/scores.parquet`: every candidate's scores, fate and the start of its prompt and answer."""
+    from pipeline.ingest.canonical import role_text
+
+    cols = [c for c in SCORE_VIEW if c in planned.columns]
+    view = planned.select(
+        "conversation_id", "origin", "source", pl.col("tier").cast(pl.String), *cols, "repeat",
+        pl.col("_reason").alias("reason"),
+    ).with_columns(
+        role_text(planned, "user").str.slice(0, SNIPPET_CHARS).alias("prompt"),
+        role_text(planned, "assistant").str.slice(0, SNIPPET_CHARS).alias("response"),
+    )
+    return atomic_write_parquet(view, path)
+
+
 def run_mix(
-    in_paths: list[Path], run_dir: Path, cfg: RunConfig, encoded: list[Path] | None = None
+    in_paths: list[Path], run_dir: Path, cfg: RunConfig, encoded: list[Path] | None = None,
+    scores: list[Path] | None = None,
 ) -> MixResult:
     """Score, select and mix the quality-filtered conversations; write `curated/part-*.parquet`
     (input columns + score + signal_* + repeat), `ledger/mix.parquet` and `work/mix/stats.json`.
 
     `encoded`: the encode stage's parts (pipeline.render.encode): each conversation's exact written
     tokens, truncation included; a conversation absent from them was dropped there (its ledger row
-    says why) and takes no part in the mix. Without them tokens are estimated (estimate_tokens)."""
+    says why) and takes no part in the mix. Without them tokens are estimated (estimate_tokens).
+    `scores`: the score stage's parts (pipeline.score.stage): the reference model's scores, joined in
+    and ranked by as `select.score` says (pipeline.mix.model_scores); curated/ then also holds
+    `score_heuristic` and the reference scores."""
     t0 = time.perf_counter()
     _validate_names(cfg)
     rd = claim_run_dir(run_dir)
@@ -234,6 +258,12 @@ def run_mix(
         supervised_share(df).alias("_sup_share"),
     )
     over_long = int((pl.Series(tokens) > cfg.pack.max_seq_len).sum())
+    model_cols: tuple[str, ...] = ()
+    if scores:
+        from pipeline.mix.model_scores import MODEL_COLUMNS, apply_model_scores
+
+        df = apply_model_scores(df, read_parts([Path(p) for p in scores]), cfg.select)
+        model_cols = MODEL_COLUMNS
     df = select(df, cfg.select, cfg.seed)
     planned = plan_mix(df, cfg.mix, source_tiers, cfg.seed)
 
@@ -251,7 +281,8 @@ def run_mix(
         *CANONICAL_SCHEMA,
         *[c for c in df.columns if c not in CANONICAL_SCHEMA and not c.startswith("_")],
     ]
-    ordered = [c for c in first if c not in ("score", *SIGNAL_COLUMNS)] + ["score", *SIGNAL_COLUMNS, "repeat"]
+    ordered = [c for c in first if c not in ("score", *SIGNAL_COLUMNS, *model_cols)]
+    ordered += ["score", *SIGNAL_COLUMNS, *model_cols, "repeat"]
     kept = kept.drop(helper).select(ordered)
     rd.curated.mkdir(parents=True, exist_ok=True)
     remove_outputs(rd.curated, "part-[0-9][0-9][0-9][0-9][0-9].parquet")
@@ -259,6 +290,7 @@ def run_mix(
         atomic_write_parquet(kept.slice(i, PART_ROWS), rd.curated / f"part-{i // PART_ROWS:05d}.parquet")
         for i in range(0, max(kept.height, 1), PART_ROWS)
     ]
+    write_scores(planned, rd.stage_dir("mix") / "scores.parquet")
     result = mix_stats(planned, cfg, counter)
     result.parts = [str(p) for p in parts]
     result.over_max_seq_len = over_long

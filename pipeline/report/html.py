@@ -89,8 +89,8 @@ def stacked_funnel(rows: list[dict[str, Any]], width: int = 760) -> str:
     return "".join(parts) + f'<div class="legend">{legend}</div>'
 
 
-def histogram_svg(hist: dict[str, Any], xlabel: str, width: int = 520, height: int = 170) -> str:
-    """Vertical bars of an equal-width histogram with its range and median."""
+def histogram_svg(hist: dict[str, Any], xlabel: str, width: int = 520, height: int = 170, fmt: str = ".0f") -> str:
+    """Vertical bars of an equal-width histogram with its range and median (numbers in `fmt`)."""
     counts = hist.get("counts") or []
     if not counts:
         return '<p class="muted">no data</p>'
@@ -103,14 +103,14 @@ def histogram_svg(hist: dict[str, Any], xlabel: str, width: int = 520, height: i
         lo, hi = hist["edges"][i], hist["edges"][i + 1]
         parts.append(
             f'<rect x="{pad_l + i * bw:.1f}" y="{height - pad_b - h:.1f}" width="{max(bw - 1, 1):.1f}" '
-            f'height="{h:.1f}" fill="#1565c0"><title>{lo:.0f}–{hi:.0f}: {c}</title></rect>'
+            f'height="{h:.1f}" fill="#1565c0"><title>{lo:{fmt}}–{hi:{fmt}}: {c}</title></rect>'
         )
-    parts.append(f'<text x="{pad_l}" y="{height - 14}">{hist["min"]:.0f}</text>')
-    parts.append(f'<text x="{width - 10}" y="{height - 14}" text-anchor="end">{hist["max"]:.0f}</text>')
+    parts.append(f'<text x="{pad_l}" y="{height - 14}">{hist["min"]:{fmt}}</text>')
+    parts.append(f'<text x="{width - 10}" y="{height - 14}" text-anchor="end">{hist["max"]:{fmt}}</text>')
     parts.append(f'<text x="{(width + pad_l) / 2}" y="{height - 2}" text-anchor="middle">{escape(xlabel)}</text>')
     parts.append(f'<text x="{pad_l - 4}" y="14" text-anchor="end">{top}</text>')
     parts.append("</svg>")
-    stats = f'n {hist["n"]}, mean {hist["mean"]:.1f}, median {hist["p50"]:.0f}, p95 {hist["p95"]:.0f}'
+    stats = f'n {hist["n"]}, mean {hist["mean"]:.{2 if fmt != ".0f" else 1}f}, median {hist["p50"]:{fmt}}, p95 {hist["p95"]:{fmt}}'
     return f'<div class="plot">{"".join(parts)}<div class="muted">{stats}</div></div>'
 
 
@@ -305,6 +305,44 @@ def _before_after_html(ba: Any) -> str:
     return "".join(out) + _json_block(ba, "before_after.json")
 
 
+def _selection_html(sel: dict[str, Any]) -> str:
+    """Score distributions per source and tier, the margin of the cut, the reference scoring, the ablation."""
+    out = []
+    if sel.get("candidates") is not None:
+        out.append(f"<p>{sel['kept']} of {sel['candidates']} candidate conversations kept by the mix.</p>")
+    for dist in (sel.get("distributions") or {}).values():
+        for by in ("tier", "source"):
+            plots = "".join(histogram_svg(h, f"{dist['label']}: {by} {name}", width=360, height=140, fmt=".2f")
+                            for name, h in (dist.get(by) or {}).items())
+            out.append(f"<h3>{escape(dist['label'])} per {by}</h3>{plots}")
+    sc = sel.get("scoring")
+    if sc:
+        out.append("<h3>reference-model scoring</h3>" + _table([{
+            "model": sc.get("reference_model"), "rendered with": sc.get("rendered_with"), "device": sc.get("device"),
+            "scored": sc.get("scored"), "cached": sc.get("cached"), "unscored": sc.get("unscored"),
+            "conversations/s": sc.get("conversations_per_s"), "IFD > 1": sc.get("ifd_above_one")}]))  # fmt: skip
+    if sel.get("margin"):
+        out.append("<h3>the margin of the cut (per source)</h3>" + _table(sel["margin"]))
+    ab = sel.get("ablation")
+    if ab and ab.get("arms"):
+        tiers = sorted({t for a in ab["arms"].values() for t in (a.get("per_tier") or {})})
+        sources = sorted({t for a in ab["arms"].values() for t in (a.get("per_source") or {})})
+        def row(name: str, a: dict[str, Any]) -> dict[str, Any]:
+            r = {"arm": name, "conversations": a.get("conversations", ""), "tokens": a.get("tokens", ""),
+                 "passes": a.get("passes", ""), "val loss": a.get("loss")}
+            r.update({f"tier {t}": (a.get("per_tier") or {}).get(t, {}).get("loss") for t in tiers})
+            r.update({f"source {s}": (a.get("per_source") or {}).get(s, {}).get("loss") for s in sources})
+            return r
+        rows = [row("(untrained)", ab.get("before") or {})] + [row(k, v) for k, v in ab["arms"].items()]
+        out.append(f"<h3>proxy ablation</h3><p>{escape(ab.get('model', ''))}. {escape(ab.get('note', ''))}</p>"
+                   + _table(rows))
+        if ab.get("answers"):
+            arows = [{"prompt": a.get("prompt", ""), "reference": a.get("reference", ""), "before": a.get("before", ""),
+                      **{k: v for k, v in (a.get("answers") or {}).items()}} for a in ab["answers"]]
+            out.append("<h3>answers before / after, per arm</h3>" + _table(arows))
+    return "".join(out)
+
+
 def render_html(s: dict[str, Any]) -> str:
     """The whole report page from a summary (pipeline.report.summary.summarize)."""
     t = s["totals"]
@@ -357,6 +395,8 @@ def render_html(s: dict[str, Any]) -> str:
         body.append(_section("Tokens, supervision and packing", _table(rows) + hists + trunc))
     if s.get("mix"):
         body.append(_section("Mixture before / after", _mix_html(s["mix"])))
+    if s.get("selection"):
+        body.append(_section("Selection", _selection_html(s["selection"])))
     tr = s.get("training") or {}
     if tr:
         curves = line_chart(tr["curves"], points=set(tr.get("points") or [])) if tr.get("curves") else ""

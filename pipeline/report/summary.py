@@ -367,6 +367,52 @@ def training_section(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+#: the scores shown in the selection section, when the run has them
+_SCORE_PLOTS = (("score", "selection score"), ("ifd", "IFD (reference model)"), ("ref_ppl", "perplexity (reference model)"))
+
+
+def selection_section(run_dir: Path, bins: int, per_side: int = 2) -> dict[str, Any] | None:
+    """Score distributions per source and tier, the margin of the cut (per source, the lowest-scored
+    kept and the highest-scored left out by selection), the reference scoring and the ablation."""
+    rd = RunDir.of(run_dir)
+    path = rd.stage_dir("mix") / "scores.parquet"
+    ablation = _read_json(rd.stage_dir("ablation") / "stats.json")
+    if isinstance(ablation, dict) and not ablation.get("enabled"):
+        ablation = None
+    scoring = _read_json(rd.stage_dir("score") / "stats.json")
+    if isinstance(scoring, dict) and not scoring.get("reference_model"):
+        scoring = None
+    try:
+        df = pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError):
+        return {"ablation": ablation, "scoring": scoring} if ablation or scoring else None
+    out: dict[str, Any] = {"candidates": df.height, "kept": int((df["repeat"] > 0).sum()),
+                           "distributions": {}, "margin": [], "scoring": scoring, "ablation": ablation}
+    for col, label in _SCORE_PLOTS:
+        if col not in df.columns or df[col].null_count() == df.height:
+            continue
+        vals = df[col].cast(pl.Float64)
+        if col == "ref_ppl":  # perplexities span orders of magnitude: plot their log
+            vals, label = vals.log(), "log perplexity (reference model)"
+        frame = df.with_columns(vals.alias("_v"))
+        out["distributions"][col] = {
+            "label": label,
+            **{by: {str(k[0]): histogram(g["_v"], bins) for k, g in sorted(frame.group_by(by), key=lambda kg: str(kg[0][0]))}
+               for by in ("source", "tier")},
+        }  # fmt: skip
+    left = df.filter(pl.col("reason").is_in(["mix.unselected", "mix.ifd_above_one"]))
+    kept = df.filter(pl.col("repeat") > 0)
+    if left.height:  # only a cut has a margin
+        show = [c for c in ("origin", "source", "tier", "score", "ifd", "ref_ppl", "reason", "prompt", "response")
+                if c in df.columns]
+        for source in sorted(set(left["source"].to_list())):
+            k = kept.filter(pl.col("source") == source).sort("score", "origin").head(per_side)
+            o = left.filter(pl.col("source") == source).sort("score", "origin", descending=[True, False]).head(per_side)
+            out["margin"] += [{"side": "kept (lowest scores)", **r} for r in k.select(show).iter_rows(named=True)]
+            out["margin"] += [{"side": "left out (highest scores)", **r} for r in o.select(show).iter_rows(named=True)]
+    return out
+
+
 def stage_results(run_dir: Path) -> dict[str, StageResult]:
     """The typed results of the stages that ran (ingest per source summed into one), in stage order."""
     from pipeline.dedup.stage import DedupResult
@@ -383,9 +429,9 @@ def stage_results(run_dir: Path) -> dict[str, StageResult]:
                                     records_out=sum(r.records_out for r in ingest),
                                     seconds=max(r.seconds for r in ingest))  # sources run in parallel
     for name, cls in (("dedup", DedupResult), ("quality", QualityResult), ("encode", EncodeResult),
-                      ("mix", StageResult), ("pack", PackResult)):
+                      ("score", StageResult), ("mix", StageResult), ("pack", PackResult), ("ablation", StageResult)):
         r = cls.read(rd.stage_dir(name) / "stats.json")
-        if r is not None:
+        if r is not None and (name not in ("score", "ablation") or r.records_in):  # those two: only when on
             out[name] = r
     return out
 
@@ -465,6 +511,7 @@ def summarize(run_dir: str | Path, cfg: RunConfig, manifest: dict[str, Any] | No
                          "records_out": r.records_out, "records_per_s": round(r.records_per_s, 1)}
                         for name, r in results.items()],
         "mix": stats.get("mix"),
+        "selection": selection_section(run_dir, rc.histogram_bins),
         "manifest": manifest if manifest is not None else _read_json(run_dir / "manifest.json"),
         "training": training_section(run_dir),
         "before_after": _read_json(run_dir / "report" / "before_after.json"),
@@ -560,6 +607,10 @@ def summary_text(summary: dict[str, Any]) -> str:
     langs = (summary.get("curated") or {}).get("languages")
     if langs:
         lines.append("  languages kept: " + ", ".join(f"{k} {v}" for k, v in list(langs.items())[:8]))
+    ab = (summary.get("selection") or {}).get("ablation") or {}
+    if ab.get("arms"):
+        lines.append(f"  proxy ablation ({ab.get('tokens_per_arm', 0):,} tokens per arm), validation loss: " + ", ".join(
+            f"{k} {v['loss']:.4f}" for k, v in ab["arms"].items() if isinstance(v.get("loss"), int | float)))
     tr = summary.get("training") or {}
     for name, pts in (tr.get("curves") or {}).items():
         what = f" ({len(pts)} evaluations)" if name in (tr.get("points") or []) else ""
