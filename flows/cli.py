@@ -309,9 +309,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 print(f"   fields not read: {', '.join(r.not_read)}")
             for m in r.messages or []:
                 text = m["content"] if len(m["content"]) <= 400 else m["content"][:400] + " …"
+                if m.get("reasoning"):
+                    text = f"(reasoning: {len(m['reasoning']):,} characters) {text}"
+                for c in m.get("tool_calls") or []:
+                    text += f" [calls {c['name']}({c['arguments'][:200]})]"
                 print(f"   {m['role']:>9}: {text}")
             if render is not None and r.outcome == "kept" and len(r.messages or []) >= 2:
-                print(render(r.messages, tty))
+                print(render(r.messages, tty, r.tools))
     return 0
 
 
@@ -332,9 +336,9 @@ def _renderer(cfg: Any) -> Any:
             break
     opts = mask_options(cfg)
 
-    def show(messages: list[dict[str, str]], tty: bool) -> str:
+    def show(messages: list[dict[str, Any]], tty: bool, tools: str | None = None) -> str:
         try:
-            rendered = template.render(messages)
+            rendered = template.render(messages, tools)
         except TemplateError as e:
             return f"   (the template refuses it: tokenize.template_error: {e})"
         spans = [(t.start, t.end) for t in target_turns(rendered.turns, opts)]

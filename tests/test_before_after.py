@@ -125,7 +125,8 @@ def test_compare_writes_answers_references_and_losses(run_dir):
     for p in result["prompts"]:
         assert p["conversation_id"] in val and p["split"] == "val"
         msgs = curated.filter(pl.col("conversation_id") == p["conversation_id"])["messages"][0].to_list()
-        assert p["reference"] == msgs[-1]["content"] and p["prompt"] == msgs[:-1]
+        assert p["reference"] == msgs[-1]["content"]
+        assert p["prompt"] == [{k: v for k, v in m.items() if v is not None} for m in msgs[:-1]]
         assert isinstance(p["before"], str) and isinstance(p["after"], str)
         assert 1 <= p["before_tokens"] <= 5 and 1 <= p["after_tokens"] <= 5
     # Round-robin over sources: both appear among four prompts.

@@ -26,10 +26,17 @@ def _task_states(flow_run_id: UUID) -> dict[str, str]:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    # Task-run states reach the server as events, after the flow returns: poll until every task run has
+    # a final one (a bounded wait for delivery on a loaded machine, not a limit on how fast anything runs).
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        for _ in range(240):
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            time.sleep(0.25)
     # run names are "<task>-<3 hex>", except the per-source "ingest-<source>"
-    return {(r.name if r.name.startswith("ingest-") else r.name.rsplit("-", 1)[0]): r.state.name for r in runs}
+    return {(r.name if r.name.startswith("ingest-") else r.name.rsplit("-", 1)[0]): r.state.name if r.state else "None"
+            for r in runs}
 
 
 def _run(flow: Any, config: Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -173,4 +180,10 @@ def test_the_bundled_sample_data_reconciles(tmp_path: Path, server_settings: Pre
     result, _ = _run(curate, REPO / "configs" / "demo.toml", [f"output_dir={tmp_path / 'demo'}"])
     assert_stages_reconcile(tmp_path / "demo", result)
     assert result["counts"]["quarantined"] > 0 and result["counts"]["dropped"] > 0 and result["counts"]["kept"] > 0
-    assert {s["source"] for s in result["stats"]["ingest"]} == {"expert", "sharegpt", "oasst", "alpaca"}
+    assert {s["source"] for s in result["stats"]["ingest"]} == {"expert", "tools", "sharegpt", "oasst", "alpaca"}
+    # the tool-calling source keeps its tools, calls and results through to curated/ and the shards
+    curated = pl.read_parquet(tmp_path / "demo" / "curated").filter(pl.col("source") == "tools")
+    assert curated.height == 12 and curated["tools"].null_count() == 0
+    roles = curated["messages"].explode().struct.field("role")
+    calls = curated["messages"].explode().struct.field("tool_calls").drop_nulls()
+    assert (roles == "tool").sum() >= 12 and calls.list.len().sum() >= 12

@@ -58,16 +58,23 @@ def choose_prompts(run_dir: Path, n: int, seed: int) -> pl.DataFrame:
     return df.sort(pl.col("split") != "val", "_turn", "_key", "origin").head(n).drop("_key", "_turn")
 
 
-def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
-    """(prompt turns, reference answer): everything before the last assistant turn, and that turn."""
+def split_reference(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """(prompt turns, reference answer): everything before the last assistant turn, and that turn.
+    The prompt turns keep their canonical fields (tool calls, tool results, reasoning), without the
+    ones that are null."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return [{"role": m["role"], "content": m["content"]} for m in messages[:last]], messages[last]["content"]
+    prompt = [{k: v for k, v in m.items() if v is not None} for m in messages[:last]]
+    return prompt, messages[last]["content"]
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The prompt as the model's chat template renders it, ready for the assistant's answer."""
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: str | None = None) -> str:
+    """The prompt as the model's chat template renders it, ready for the assistant's answer: tool calls,
+    tool results and the offered tools passed as transformers passes them (pipeline.render.templates)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from pipeline.render.templates import template_messages, template_tools
+
+        return tokenizer.apply_chat_template(template_messages(messages), tools=template_tools(tools),
+                                             add_generation_prompt=True, tokenize=False)
     # No template saved with the model: a plain transcript, so the comparison still runs.
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
@@ -132,18 +139,20 @@ def shown_answer(text: str) -> str:
 def greedy_answers(
     model: Any,
     tokenizer: Any,
-    prompts: list[list[dict[str, str]]],
+    prompts: list[list[dict[str, Any]]],
     max_new_tokens: int,
     max_prompt_tokens: int,
+    tools: list[str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Greedy answers, one prompt at a time (no padding, so no pad-token assumptions)."""
+    """Greedy answers, one prompt at a time (no padding, so no pad-token assumptions); `tools`: each
+    prompt's offered tools (the curated `tools` column), if any."""
     import torch
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
     out = []
-    for msgs in prompts:
-        ids = tokenizer(render_prompt(tokenizer, msgs), add_special_tokens=False)["input_ids"]
+    for msgs, offered in zip(prompts, tools or [None] * len(prompts), strict=True):
+        ids = tokenizer(render_prompt(tokenizer, msgs, offered), add_special_tokens=False)["input_ids"]
         truncated = len(ids) > max_prompt_tokens
         ids = ids[-max_prompt_tokens:]
         with torch.no_grad():
@@ -206,7 +215,8 @@ def compare(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     answers: dict[str, list[dict[str, Any]]] = {}
     for side, (model_dir, _) in models.items():
         model, tokenizer = load_model(model_dir, [rd.model, rd.model / "adapter", rd.tokenizer])
-        answers[side] = greedy_answers(model, tokenizer, prompts, bcfg.max_new_tokens, bcfg.max_prompt_tokens)
+        answers[side] = greedy_answers(model, tokenizer, prompts, bcfg.max_new_tokens, bcfg.max_prompt_tokens,
+                                       chosen["tools"].to_list() if "tools" in chosen.columns else None)
         del model
     eval_path = rd.root / "train" / "eval.json"
     losses = loss_table(json.loads(eval_path.read_text())) if eval_path.exists() else None
