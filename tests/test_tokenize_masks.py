@@ -233,6 +233,25 @@ def test_every_conversation_passes_the_self_check(name: str, opts: MaskOptions) 
         check_conversation(f"c{i}", conv, enc.ids[i], enc.masks[i], template, tok, opts)
 
 
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_fast_path_gives_the_tokenizers_ids_masks_and_drops(name: str) -> None:
+    """pipeline.render.fastbpe (tiktoken on the byte-level BPE) and `encode_batch` with offsets: the
+    same ids, masks, truncation and drops, conversation for conversation."""
+    template = BUILTIN_TEMPLATES[name]
+    tok = bpe(template)
+    convs = sample_conversations(150, seed=5)
+    convs.append([{"role": "user", "content": "é😀 日本"}, {"role": "assistant", "content": "x <|im_end|> y"}])
+    opts = MaskOptions(max_seq_len=96, overflow="truncate")
+    fast = encode_conversations(convs, template, tok, opts, batch_size=37)
+    slow = encode_conversations(convs, template, tok, opts, batch_size=37, fast=False)
+    assert fast.encoder.startswith("byte-level") and slow.encoder.startswith("tokenizers")
+    assert [a.tolist() for a in fast.ids] == [a.tolist() for a in slow.ids]
+    assert [a.tolist() for a in fast.masks] == [a.tolist() for a in slow.masks]
+    assert (fast.reasons, fast.truncated, fast.full_tokens, fast.full_supervised, fast.segments) == (
+        slow.reasons, slow.truncated, slow.full_tokens, slow.full_supervised, slow.segments)
+    assert any(fast.truncated) and any(fast.reasons)
+
+
 # --- the self-check fails on bad masks -----------------------------------------------------------
 def _chatml_encoded():
     template = BUILTIN_TEMPLATES["chatml"]

@@ -61,6 +61,8 @@ class Encoded:
     #: lengths of the training examples concatenated in `ids` (one, unless template.reasoning = "split"
     #: cut the conversation into several); each is a packed segment of its own
     segments: list[list[int]] = field(default_factory=list)
+    #: how the texts were encoded: tiktoken on the same byte-level vocabulary, or tokenizers and why
+    encoder: str = ""
 
 
 def special_token_pattern(tok: Tokenizer) -> re.Pattern[str] | None:
@@ -105,14 +107,52 @@ def token_range(enc: Encoding, start: int, end: int, n: int) -> tuple[int, int] 
     return first, last + 1
 
 
-def mask_one(enc: Encoding, rendered: Rendered, opts: MaskOptions) -> tuple[np.ndarray, np.ndarray, list[int]]:
+class TokenSpans:
+    """Token positions of character spans of one encoded text, from the tokenizers' offsets."""
+
+    def __init__(self, enc: Encoding) -> None:
+        self.enc = enc
+        self.ids = np.asarray(enc.ids, dtype=np.int32)
+
+    def range(self, start: int, end: int) -> tuple[int, int] | None:
+        return token_range(self.enc, start, end, len(self.ids))
+
+
+class ByteSpans(TokenSpans):
+    """The same for a byte-level tokenizer's ids (pipeline.render.fastbpe): token k covers bytes
+    [ends[k] - len[k], ends[k]) of the UTF-8 text, and it overlaps a character span exactly when it
+    overlaps the span's bytes, the rule `token_range` applies to character offsets."""
+
+    def __init__(self, ids: np.ndarray, byte_len: np.ndarray, text: str) -> None:
+        self.ids = ids
+        lens = byte_len[ids]
+        self.ends = np.cumsum(lens)
+        self.starts = self.ends - lens
+        self.text = text
+        self.ascii = text.isascii()
+        total = len(text) if self.ascii else len(text.encode("utf-8"))
+        if (int(self.ends[-1]) if len(ids) else 0) != total:
+            raise AssertionError(f"byte-level ids cover {int(self.ends[-1]) if len(ids) else 0} bytes of a {total}-byte text")
+
+    def _byte(self, c: int) -> int:
+        return c if self.ascii else len(self.text[:c].encode("utf-8"))
+
+    def range(self, start: int, end: int) -> tuple[int, int] | None:
+        if end <= start:
+            return None
+        first = int(np.searchsorted(self.ends, self._byte(start), "right"))
+        last = int(np.searchsorted(self.starts, self._byte(end), "left"))
+        return (first, last) if first < last else None
+
+
+def mask_one(spans: TokenSpans, rendered: Rendered, opts: MaskOptions) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """ids, mask, and the token index just after each assistant turn (the truncation boundaries)."""
-    ids = np.asarray(enc.ids, dtype=np.int32)
+    ids = spans.ids
     n = len(ids)
     mask = np.zeros(n, dtype=np.uint8)
     ranges: dict[Turn, tuple[int, int] | None] = {}
     for t in target_turns(rendered.turns, opts):
-        ranges[t] = r = token_range(enc, t.start, t.end, n)
+        ranges[t] = r = spans.range(t.start, t.end)
         if r is not None:
             mask[r[0] : r[1]] = 1
     if n:
@@ -120,7 +160,7 @@ def mask_one(enc: Encoding, rendered: Rendered, opts: MaskOptions) -> tuple[np.n
     ends = []
     for t in rendered.turns:
         if t.role == "assistant":
-            r = ranges[t] if t in ranges else token_range(enc, t.start, t.end, n)
+            r = ranges[t] if t in ranges else spans.range(t.start, t.end)
             ends.append(r[1] if r else 0)
     return ids, mask, ends
 
@@ -130,10 +170,11 @@ def _tools_at(tools: Sequence[object] | None, i: int) -> object:
 
 
 def _mask_example(
-    msgs: Messages, rend: Rendered, enc: Encoding, opts: MaskOptions, specials: re.Pattern[str] | None, limit: int | None,
+    msgs: Messages, rend: Rendered, spans: TokenSpans, opts: MaskOptions, specials: re.Pattern[str] | None,
+    limit: int | None,
 ) -> tuple[np.ndarray, np.ndarray, int, int, bool, str | None, str | None]:
     """ids, mask, full tokens, full targets, truncated, reason, detail of one training example."""
-    ids, mask, ends = mask_one(enc, rend, opts)
+    ids, mask, ends = mask_one(spans, rend, opts)
     n, sup = len(ids), int(mask.sum())
     reason = detail = None
     truncated = False
@@ -168,14 +209,19 @@ def _mask_example(
 def encode_conversations(
     conversations: Sequence[Messages], template: ChatTemplate, tok: Tokenizer, opts: MaskOptions,
     batch_size: int = 4096, rendered: tuple[list[list[Rendered]], list[str | None]] | None = None,
-    tools: Sequence[object] | None = None,
+    tools: Sequence[object] | None = None, fast: bool = True, all_failed_raises: bool = True,
 ) -> Encoded:
     """Render (unless `rendered` = render_all(template, conversations, tools, opts.reasoning) is given),
     tokenize (batched) and mask conversations; apply the overflow policy. `tools[i]` is conversation
-    i's tools (JSON string or None)."""
+    i's tools (JSON string or None). With `fast`, a byte-level BPE tokenizer encodes through
+    pipeline.render.fastbpe (the same ids, proven there); any other through `encode_batch`."""
     from pipeline.core.progress import Progress
+    from pipeline.render.fastbpe import fast_encoder
 
     out = Encoded()
+    fe, out.encoder = fast_encoder(tok) if fast else (None, "tokenizers (fast path off)")
+    if fe is None and fast:
+        out.encoder = f"tokenizers ({out.encoder})"
     limit = opts.max_seq_len
     specials = special_token_pattern(tok)
     progress = Progress("encode", total=len(conversations), unit="conversations")
@@ -189,7 +235,11 @@ def encode_conversations(
             rendered_batch = rendered[0][b0 : b0 + batch_size]
             errors = rendered[1][b0 : b0 + batch_size]
         flat = [r for rs in rendered_batch for r in rs]
-        encs = iter(tok.encode_batch([r.text for r in flat], add_special_tokens=False))
+        texts = [r.text for r in flat]
+        if fe is not None:
+            encs = iter([ByteSpans(ids, fe.byte_len, t) for ids, t in zip(fe.encode_batch(texts), texts, strict=True)])
+        else:
+            encs = iter([TokenSpans(e) for e in tok.encode_batch(texts, add_special_tokens=False)])
         for msgs, rends, error in zip(batch, rendered_batch, errors, strict=True):
             parts = [_mask_example(msgs, r, next(encs), opts, specials, limit) for r in rends]
             reason = TEMPLATE_ERROR if error is not None else next((p[5] for p in parts if p[5]), None)
@@ -215,7 +265,7 @@ def encode_conversations(
             out.details.append(detail)
             out.truncated.append(truncated)
             out.segments.append([len(p[0]) for p in kept])
-    if out.reasons and all(r == TEMPLATE_ERROR for r in out.reasons):
+    if all_failed_raises and out.reasons and all(r == TEMPLATE_ERROR for r in out.reasons):
         raise TemplateError(f"the template rendered no conversation; the first error: {out.details[0]}")
     return out
 
