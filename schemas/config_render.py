@@ -51,6 +51,11 @@ class TokenizerConfig(BaseModel):
         "BPE merges settle long before (training on 163k conversations took 39 s, on 32 M characters ~8 s)",
     )
     batch_size: int = Field(default=4096, ge=1, le=1_000_000, description="conversations per encode_batch call")
+    workers: int = Field(
+        default=2, ge=1, le=64,
+        description="processes rendering, encoding and masking the conversations (in chunks, in order; "
+        "inputs under 5,000 conversations are encoded in the stage's own process)",
+    )
 
 
 class PackConfig(BaseModel):

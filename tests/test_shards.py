@@ -209,3 +209,27 @@ def test_the_bpe_learns_from_a_bounded_even_sample() -> None:
     assert training_sample(texts, 10_000) is texts
     sample = training_sample(texts, 200)
     assert sum(map(len, sample)) <= 200 and len(sample) == 20 and sample[:2] == [texts[0], texts[5]]
+
+
+def test_encoding_in_worker_chunks_gives_the_same_shards_ledger_and_counts(tmp_path, monkeypatch) -> None:
+    """tokenizer.workers: chunks encoded in spawned processes write the same shards, the same drops
+    and the same counts as one process, whatever the chunking."""
+    from pipeline.render import encode
+
+    too_long = [{"role": "user", "content": "w " * 400}, {"role": "assistant", "content": "x"}]
+    recs = [*_records(90, seed=11), record(900, too_long)]
+    sections = {"tokenizer": {"vocab_size": 400}, "pack": {"max_seq_len": 160, "rows_per_shard": 6, "self_check_all": True}}
+    one, cfg_one = make_run(tmp_path / "one", recs, **sections)
+    two, cfg_two = make_run(tmp_path / "two", recs, **sections)
+    cfg_two.tokenizer.workers = 3
+    r1, _ = run_tokenize(one, cfg_one)
+    monkeypatch.setattr(encode, "_PARALLEL_MIN_ROWS", 10)
+    r2, _ = run_tokenize(two, cfg_two)
+    assert len(r2.parts) == 3 and len(r1.parts) == 1
+    assert _digests(one) == _digests(two) and len(_digests(one)) > 2
+    keep = ("records_in", "records_out", "dropped", "truncation", "dropped_tokens", "length_histogram",
+            "supervised_histogram", "self_check", "reasoning", "tool_conversations")
+    assert {k: getattr(r1, k) for k in keep} == {k: getattr(r2, k) for k in keep}
+    assert r1.dropped["tokenize.too_long"] >= 1 and r2.self_check["checked"] == r2.records_out
+    assert read_ledger(one).drop("run_id", strict=False).sort("origin").equals(
+        read_ledger(two).drop("run_id", strict=False).sort("origin"))

@@ -240,7 +240,8 @@ def run_mix(
     df = read_parts([Path(p) for p in in_paths])
     source_tiers = {s.name: str(s.tier) for s in cfg.sources}
     if encoded is not None:
-        counts = read_parts([Path(p) for p in encoded]).select("origin", "tokens") if encoded else None
+        # only the two columns: the parts also hold every conversation's ids and mask (~1 GB at 200k)
+        counts = pl.concat([pl.read_parquet(p, columns=["origin", "tokens"]) for p in encoded]) if encoded else None
         if counts is None or not counts.height:
             counts = pl.DataFrame(schema={"origin": pl.String, "tokens": pl.Int64})
         df = df.join(counts, on="origin", how="inner", maintain_order="left")

@@ -80,30 +80,34 @@ def _write_shards(
     out_dir: Path, split: str, rows: list[list[int]], ids: list[np.ndarray], masks: list[np.ndarray],
     cids: list[str], rows_per_shard: int,
 ) -> list[dict]:
-    """Write rows as Parquet shards (temporary name, then rename); returns one entry per shard."""
-    entries = []
-    for s, r0 in enumerate(range(0, len(rows), rows_per_shard)):
-        chunk = rows[r0 : r0 + rows_per_shard]
-        flat = [i for row in chunk for i in row]
-        seg_lens = np.array([len(ids[i]) for i in flat], dtype=np.int32)
-        row_tokens = np.array([sum(len(ids[i]) for i in row) for row in chunk], dtype=np.int64)
-        tok_off = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
-        seg_off = pa.array(np.concatenate([[0], np.cumsum([len(row) for row in chunk])]).astype(np.int32))
-        table = pa.Table.from_arrays(
-            [
-                pa.ListArray.from_arrays(tok_off, pa.array(np.concatenate([ids[i] for i in flat]), pa.int32())),
-                pa.ListArray.from_arrays(tok_off, pa.array(np.concatenate([masks[i] for i in flat]), pa.uint8())),
-                pa.ListArray.from_arrays(seg_off, pa.array(seg_lens, pa.int32())),
-                pa.ListArray.from_arrays(seg_off, pa.array([cids[i] for i in flat], pa.string())),
-            ],
-            schema=SHARD_SCHEMA,
-        )
-        path = atomic_write_table(
-            table, out_dir / f"{split}-{s:05d}.parquet", compression="zstd", write_statistics=False
-        )
-        entries.append(
-            {"path": f"shards/{path.name}", "split": split, "rows": len(chunk), "tokens": int(row_tokens.sum())}
-        )
+    """Write rows as Parquet shards (temporary name, then rename); returns one entry per shard. The
+    zstd compression runs outside the GIL: shards are written by two threads while the next is built."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    entries, writes = [], []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for s, r0 in enumerate(range(0, len(rows), rows_per_shard)):
+            chunk = rows[r0 : r0 + rows_per_shard]
+            flat = [i for row in chunk for i in row]
+            seg_lens = np.array([len(ids[i]) for i in flat], dtype=np.int32)
+            row_tokens = np.array([sum(len(ids[i]) for i in row) for row in chunk], dtype=np.int64)
+            tok_off = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
+            seg_off = pa.array(np.concatenate([[0], np.cumsum([len(row) for row in chunk])]).astype(np.int32))
+            table = pa.Table.from_arrays(
+                [
+                    pa.ListArray.from_arrays(tok_off, pa.array(np.concatenate([ids[i] for i in flat]), pa.int32())),
+                    pa.ListArray.from_arrays(tok_off, pa.array(np.concatenate([masks[i] for i in flat]), pa.uint8())),
+                    pa.ListArray.from_arrays(seg_off, pa.array(seg_lens, pa.int32())),
+                    pa.ListArray.from_arrays(seg_off, pa.array([cids[i] for i in flat], pa.string())),
+                ],
+                schema=SHARD_SCHEMA,
+            )
+            name = f"{split}-{s:05d}.parquet"
+            writes.append(pool.submit(atomic_write_table, table, out_dir / name, compression="zstd",
+                                      write_statistics=False))
+            entries.append({"path": f"shards/{name}", "split": split, "rows": len(chunk), "tokens": int(row_tokens.sum())})
+        for w in writes:
+            w.result()  # an error writing any shard is raised here
     return entries
 
 
