@@ -84,3 +84,23 @@ def test_estimated_jaccard_tracks_true_jaccard() -> None:
     est = estimated_jaccard(sig, np.array([0, 0]), np.array([1, 2]))
     true = 296 / (396 + 100)  # shared 5-grams / union of 5-grams
     assert abs(est[0] - true) < 0.1 and est[1] == 1.0
+
+
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+@pytest.mark.parametrize("num_perm,seed", [(16, 1), (128, 7), (256, 12345)])
+def test_permutations_are_datasketch_own(scheme: str, num_perm: int, seed: int) -> None:
+    """Drawn without importing datasketch (spawned workers skip its import), yet datasketch's own."""
+    from pipeline.dedup.minhash import permutations
+
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=scheme).permutations
+    x, y = permutations(num_perm, seed, scheme)
+    assert np.array_equal(np.asarray(a, dtype=x.dtype), x) and np.array_equal(np.asarray(b, dtype=y.dtype), y)
+
+
+def test_owners_is_numpy_repeat_of_the_document_index() -> None:
+    from pipeline.core.textnorm import owners
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        lens = rng.integers(0, 4, rng.integers(0, 30))
+        assert np.array_equal(owners(lens), np.repeat(np.arange(len(lens)), lens))

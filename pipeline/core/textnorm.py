@@ -59,6 +59,21 @@ def words(texts: pl.Series) -> pl.Series:
     return texts.str.extract_all(WORD_RE)
 
 
+def owners(lens: np.ndarray) -> np.ndarray:
+    """The document of each element of a flat column whose documents have `lens` elements each:
+    np.repeat(np.arange(len(lens)), lens), without np.repeat (about 1.4 s for 28M elements, this
+    a few hundredths: one scatter of the document steps and a cumulative sum)."""
+    lens = np.asarray(lens, dtype=np.int64)
+    total = int(lens.sum())
+    out = np.zeros(total, dtype=np.int64)
+    nz = np.flatnonzero(lens)
+    if total:
+        starts = np.cumsum(lens) - lens
+        out[starts[nz]] = np.diff(nz, prepend=0)
+        np.cumsum(out, out=out)
+    return out
+
+
 def word_ngrams(texts: pl.Series, n: int, short: bool = True) -> tuple[pl.Series, np.ndarray]:
     """All word n-grams ("w1 w2 … wn", space-joined) of each normalised text, flattened in document
     order, and the document index of each. A text with fewer than n words gives its whole word
@@ -69,8 +84,8 @@ def word_ngrams(texts: pl.Series, n: int, short: bool = True) -> tuple[pl.Series
     flat = w.explode().drop_nulls()  # an empty list explodes to one null
     starts = np.zeros(len(lens), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
-    doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-    pos = np.arange(flat.len(), dtype=np.int64) - np.repeat(starts, lens)
+    doc = owners(lens)
+    pos = np.arange(flat.len(), dtype=np.int64) - starts[doc]
     # Shifted copies of the flat word column give the n words starting at each position; only
     # positions with n words left in the same document are kept.
     frame = pl.DataFrame({"w": flat})
@@ -177,8 +192,8 @@ def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) ->
     total = len(fh)
     starts = np.zeros(len(lens), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
-    doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lens)
+    doc = owners(lens)
+    pos = np.arange(total, dtype=np.int64) - starts[doc]
     sel = np.flatnonzero(pos <= (lens - n)[doc])
     h = _fold(fh, n)[sel] if len(sel) else np.zeros(0, dtype=fh.dtype)
     if short:
@@ -194,10 +209,13 @@ def fold_ngrams(fh: np.ndarray, lens: np.ndarray, n: int, short: bool = True) ->
                 extra_h.append(hk)
                 extra_sel.append(starts[docs_k])
         if extra_sel:
-            sel = np.concatenate([sel, *extra_sel])
-            h = np.concatenate([h, *extra_h])
-            order = np.argsort(sel, kind="stable")
-            sel, h = sel[order], h[order]
+            # merged into the (ascending) positions: a short document has no regular n-gram, so
+            # its start is not in `sel` and one insertion keeps the order (no sort of everything)
+            es, eh = np.concatenate(extra_sel), np.concatenate(extra_h)
+            order = np.argsort(es)
+            es, eh = es[order], eh[order]
+            at = np.searchsorted(sel, es)
+            sel, h = np.insert(sel, at, es), np.insert(h, at, eh)
     return h, doc[sel], sel
 
 

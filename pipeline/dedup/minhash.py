@@ -67,10 +67,21 @@ HASHES: dict[str, Callable[[bytes], int]] = {
 
 @lru_cache(maxsize=8)
 def permutations(num_perm: int, seed: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's permutation parameters (a, b) for this num_perm, seed and scheme."""
-    from datasketch import MinHash
+    """datasketch's permutation parameters (a, b) for this num_perm, seed and scheme, drawn as
+    datasketch 2.x's `MinHash._init_permutations` draws them (a test pins them equal) without
+    importing datasketch: that import (scipy with it) cost each spawned signature worker ~2 s."""
+    gen = np.random.RandomState(seed)
+    if scheme == "legacy":
+        pairs = [(gen.randint(1, _MERSENNE, dtype=np.uint64), gen.randint(0, _MERSENNE, dtype=np.uint64))
+                 for _ in range(num_perm)]
+        a, b = np.array(pairs, dtype=np.uint64).T
+    elif scheme == "affine32":
+        a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    else:
+        from datasketch import MinHash
 
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=scheme).permutations
+        a, b = MinHash(num_perm=num_perm, seed=seed, scheme=scheme).permutations
     dtype = np.uint32 if scheme == "affine32" else np.uint64
     return np.ascontiguousarray(a, dtype=dtype), np.ascontiguousarray(b, dtype=dtype)
 

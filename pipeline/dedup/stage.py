@@ -88,12 +88,14 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
     exchanges = keys["exchanges"].to_numpy()
     exact_hash = hash_texts(keys["exact_text"])
     prompt_hash = hash_texts(keys["prompt_text"])
+    first_hash = hash_texts(keys["first_text"]) if cfg.exact and cfg.first_exchange else None
+    keys = keys.drop("exact_text", "prompt_text", "first_text")  # hashed: their memory goes (~1/4 GB per 100k)
     v = Verdicts.start(df.height)
     prior_matches: dict[str, int] = {}
     if cfg.exact:
         prior_matches["exact"] = equal_hash_rule(v, "dedup.exact", exact_hash, rank, prior.exact, "exact_hash")
-        if cfg.first_exchange:
-            first_exchange_copies(v, hash_texts(keys["first_text"]), exact_hash, exchanges, rank)
+        if first_hash is not None:
+            first_exchange_copies(v, first_hash, exact_hash, exchanges, rank)
     # Signatures of what is alive now: for the near rules and for the index of later runs.
     sig = np.zeros((df.height, cfg.num_perm), dtype=np.uint32)
     signed: Signed | None = None
@@ -104,6 +106,7 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
         signed = sign(v, keys, exchanges, cfg)
         sig = signed.rows
         signature_seconds = round(time.perf_counter() - t_sig, 3)
+    keys = keys.drop("near_text", "first_near")
     if cfg.near and signed is not None:
         prior_matches["near"], lsh = near_rule(v, sig, rank, prior, cfg)
         if cfg.first_exchange:

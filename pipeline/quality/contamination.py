@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.core.textnorm import fold_ngrams, normalize_texts, word_hashes
+from pipeline.core.textnorm import fold_ngrams, normalize_texts, owners, word_hashes
 from schemas.config_curation import BenchmarkFile, ContaminationConfig
 
 
@@ -131,9 +131,10 @@ def build_index(cfg: ContaminationConfig) -> BenchmarkIndex:
         long_h.append(h[keep])
         n_common_items = int(len(np.unique(doc[~keep]))) if (~keep).any() else 0
         contained = (lens >= cfg.min_words) & ~is_long
+        owner = owners(lens)
         for k in sorted({int(x) for x in lens[contained]}):
             sel = np.flatnonzero(lens == k)
-            sub_fh = fh[np.repeat(lens == k, lens)]
+            sub_fh = fh[(lens == k)[owner]]
             hk, dk, _ = fold_ngrams(sub_fh, lens[sel], k, short=False)
             hashes, own = short.setdefault(k, ([], {}))
             hashes.append(hk)
@@ -186,11 +187,12 @@ def find_contaminated(texts: pl.Series, index: BenchmarkIndex, short_min_share: 
         if key in index.exact:
             out[i] = Hit(*index.exact[key], "exact")
     fh, lens, _ = word_hashes(texts, 64, stable=False)
+    owner = owners(lens)
     for k, (hashes, own) in index.short.items():
         docs = (lens > k) & (lens * short_min_share <= k)
         if not docs.any():
             continue
-        h, d, _ = fold_ngrams(fh[np.repeat(docs, lens)], lens[docs], k, short=False)
+        h, d, _ = fold_ngrams(fh[docs[owner]], lens[docs], k, short=False)
         hit = np.isin(h, hashes)
         rows = np.flatnonzero(docs)
         for hv, di in zip(h[hit].tolist(), d[hit].tolist(), strict=True):

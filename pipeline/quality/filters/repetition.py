@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline.core.textnorm import fold_ngrams, word_hashes
+from pipeline.core.textnorm import fold_ngrams, owners, word_hashes
 from pipeline.quality.batch import Batch, FilterResult, drop_rows, first_detail, keep_all
 from pipeline.quality.textkind import math_kind
 from schemas.config_curation import QualityConfig
@@ -17,7 +17,7 @@ def _ngram_fracs(fh: np.ndarray, lens: np.ndarray, wchars: np.ndarray, n: int) -
     covers most characters / all word characters, characters of words inside any repeated n-gram /
     all word characters). Gopher's "top n-gram" takes the most frequent n-gram; the one covering the
     most characters is used here (no sort needed), which can only flag more."""
-    owner = np.repeat(np.arange(len(lens)), lens)
+    owner = owners(lens)
     total = np.maximum(np.bincount(owner, weights=wchars, minlength=len(lens)), 1)
     top = np.zeros(len(lens))
     h, doc, start = fold_ngrams(fh, lens, n, short=False)
@@ -25,18 +25,22 @@ def _ngram_fracs(fh: np.ndarray, lens: np.ndarray, wchars: np.ndarray, n: int) -
         return top, top.copy()
     csum = np.concatenate([[0], np.cumsum(wchars)])
     chars = csum[start + n] - csum[start]
-    # Runs of equal (document, hash) after one sort are the repeated n-grams.
-    # One 64-bit key per (document, n-gram); a collision would need 2^64 luck.
+    # Runs of equal (document, hash) after one sort are the repeated n-grams (polars sorts the
+    # 64-bit keys with the columns that go with them ~5x faster than np.argsort). One key per
+    # (document, n-gram); a collision would need 2^64 luck. Equal keys are the same words, so the
+    # order within a run does not matter.
     key = h.astype(np.uint64) + doc.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    order = np.argsort(key)
-    ks, ds = key[order], doc[order]
-    new_run = np.concatenate([[True], ks[1:] != ks[:-1]])
-    run_id = np.cumsum(new_run) - 1
-    run_len = np.bincount(run_id)
-    repeated = run_len[run_id] > 1  # per sorted n-gram
-    heads = np.flatnonzero(new_run & repeated)
-    np.maximum.at(top, ds[heads], run_len[run_id[heads]] * chars[order[heads]] / total[ds[heads]])
-    dup_start = start[order[repeated]]
+    srt = pl.DataFrame({"k": key, "d": doc, "c": chars, "s": start}).sort("k")
+    ks, ds, cs, ss = (srt[c].to_numpy() for c in ("k", "d", "c", "s"))
+    eq = ks[1:] == ks[:-1]
+    repeated = np.zeros(len(ks), dtype=bool)  # per sorted n-gram: in a run of two or more
+    repeated[1:] = eq
+    repeated[:-1] |= eq
+    heads = np.flatnonzero(np.concatenate([[True], ~eq]))
+    run_len = np.diff(np.append(heads, len(ks)))
+    heads, run_len = heads[run_len > 1], run_len[run_len > 1]
+    np.maximum.at(top, ds[heads], run_len * cs[heads] / total[ds[heads]])
+    dup_start = ss[repeated]
     size = len(wchars) + 1
     cover = np.bincount(dup_start, minlength=size) - np.bincount(dup_start + n, minlength=size)
     covered = np.cumsum(cover)[:-1] > 0
@@ -88,7 +92,7 @@ def repetition(b: Batch, cfg: QualityConfig) -> FilterResult:
     longer = [(3, cfg.max_top_3gram_frac, 0, prose), (4, cfg.max_top_4gram_frac, 0, prose),
               (5, cfg.max_dup_5gram_frac, 1, prose), (10, cfg.max_dup_10gram_frac, 1, None)]
     gate = dup2 > 0.5 * min(limit for _, limit, _, _ in longer)
-    owner_gate = np.repeat(gate, lens)
+    owner_gate = gate[owners(lens)]
     sub = (fh[owner_gate], lens[gate], wchars[owner_gate])
     for n, limit, which, applies in longer:
         values = np.zeros(t.height)
