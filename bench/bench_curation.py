@@ -62,7 +62,7 @@ def truth_key(origin: str) -> str:
 
 
 def _ingest(args: tuple[SourceConfig, Path]) -> dict:
-    return ingest_source(*args)
+    return ingest_source(*args).to_json()
 
 
 def peak_rss_mb() -> tuple[float, float]:

@@ -405,7 +405,7 @@ PLANTED = {"empty_response": "quality.empty", "refusal": "quality.refusal", "rep
 def _ingest(args: tuple) -> dict:
     from pipeline.ingest.stage import ingest_source
 
-    return ingest_source(*args)
+    return ingest_source(*args).to_json()
 
 
 def corpus_section(corpus: Path, ds: Path, cache: Path, workers: int) -> dict:

@@ -47,7 +47,7 @@ def _ingest_one(args: tuple[str, str, str, str, int]) -> dict:
 
     name, path, tier, run_dir, chunk_rows = args
     t0 = time.perf_counter()
-    stats = ingest_source(SourceConfig(name=name, path=Path(path), tier=tier), Path(run_dir), chunk_rows=chunk_rows)
+    stats = ingest_source(SourceConfig(name=name, path=Path(path), tier=tier), Path(run_dir), chunk_rows=chunk_rows).to_json()
     stats["wall_s"] = time.perf_counter() - t0
     stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return stats
@@ -123,7 +123,7 @@ def check_real(base: Path, run_dir: Path) -> bool:
     for name, rel, fmt, mode, want in REAL:
         s = ingest_source(SourceConfig(name=name, path=base / rel, format=fmt, tier="crowdsourced",
                                        oasst_paths=mode), run_dir)
-        got = {"read": s["read"], "kept": s["kept"], "reasons": s["reasons"]}
+        got = {"read": s.records_in, "kept": s.records_out, "reasons": s.dropped}
         ok &= got == want
         print(f"{'PASS' if got == want else 'FAIL'}  {name}: {got}" + ("" if got == want else f" expected {want}"))
     return ok
@@ -203,7 +203,7 @@ def main() -> int:
     ours = naive = 0.0
     for _ in range(3):
         t0 = time.perf_counter()
-        n_ours = ingest_source(src, Path(tempfile.mkdtemp(prefix="bench_cmp_")), chunk_rows=a.chunk_rows)["read"]
+        n_ours = ingest_source(src, Path(tempfile.mkdtemp(prefix="bench_cmp_")), chunk_rows=a.chunk_rows).records_in
         ours = max(ours, n_ours / (time.perf_counter() - t0))
         n, t = naive_baseline(alpaca_path, limit=n_ours)
         naive = max(naive, n / t)

@@ -67,7 +67,7 @@ def curate(cfg: RunConfig, run_dir: Path) -> int:
     from pipeline.render.pack import run_pack
 
     t0 = time.perf_counter()
-    ingest = [ingest_source(s, run_dir) for s in cfg.sources]
+    ingest = [ingest_source(s, run_dir).to_json() for s in cfg.sources]
     print(f"  {'ingest':<9} {time.perf_counter() - t0:7.1f} s")
     read = sum(int(s["read"]) for s in ingest)
     parts = [Path(p) for s in ingest for p in s["parts"]]

@@ -77,11 +77,13 @@ def _parts_of(result: Any) -> list[str]:
 
 
 @task(**_cached("ingest"), task_run_name="ingest-{source.name}")
-def ingest_task(source: SourceConfig, run_dir: str, key: str) -> dict[str, Any]:
-    """Read one source into canonical parts; its quarantine and ledger part."""
+def ingest_task(source: SourceConfig, run_dir: str, key: str, pool: Any = None) -> dict[str, Any]:
+    """Read one source into canonical parts; its quarantine and ledger part. `pool`: a process pool
+    (ingest_processes) to read it in, else this thread reads it."""
     from pipeline.ingest.stage import ingest_source
 
-    stats = as_json(ingest_source(source, Path(run_dir)))
+    result = pool.submit(ingest_source, source, Path(run_dir)).result() if pool else ingest_source(source, Path(run_dir))
+    stats = as_json(result)
     record_outputs(run_dir, "ingest", key, source.name)
     logger = get_run_logger()
     logger.info(
@@ -183,10 +185,30 @@ def make_task_runner(rc: RunnerConfig) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=rc.max_workers)
 
 
+@contextmanager
+def ingest_processes(cfg: RunConfig) -> Iterator[Any]:
+    """The process pool the thread runner's ingest tasks hand their sources to (runner.processes),
+    or None: one source, one process asked for, the Dask runner (its workers are processes), or a
+    daemonic process (which may not start children)."""
+    import multiprocessing
+
+    n = min(cfg.runner.processes, len(cfg.sources))
+    if cfg.runner.kind != "thread" or n <= 1 or multiprocessing.current_process().daemon:
+        yield None
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.core.procpool import die_with_parent
+
+    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent) as pool:
+        yield pool
+
+
 def describe_runner(rc: RunnerConfig) -> str:
     """Where the mapped tasks run, in words (for the log)."""
     if rc.kind == "thread":
-        return "a thread pool"
+        return "a thread pool" + (f" (sources read in up to {rc.processes} processes)" if rc.processes > 1 else "")
     return f"the Dask cluster at {rc.address}" if rc.address else f"a local Dask cluster of {rc.n_workers} worker(s)"
 
 
@@ -254,11 +276,11 @@ def curate_run(cfg: RunConfig) -> dict[str, Any]:
     keys = {s.name: stage_key("ingest", run_dir, hash_files([s.path]), s.model_dump_json(), code["ingest"])
             for s in cfg.sources}
     logger.info("ingesting %d source(s) in parallel on %s", len(cfg.sources), describe_runner(cfg.runner))
-    with make_task_runner(cfg.runner) as runner:
+    with make_task_runner(cfg.runner) as runner, ingest_processes(cfg) as pool:
         futures = []
         for s in cfg.sources:
             fresh = not outputs_intact(run_dir, "ingest", keys[s.name], s.name)
-            params = {"source": s, "run_dir": str(run_dir), "key": keys[s.name]}
+            params = {"source": s, "run_dir": str(run_dir), "key": keys[s.name], "pool": pool}
             futures.append(runner.submit(ingest_task.with_options(refresh_cache=fresh), params))
         with stage_errors("ingest", run_dir):
             ingest = [f.result() for f in futures]

@@ -44,6 +44,11 @@ class RunnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["thread", "dask"] = Field(default="thread", description="thread pool (default) or Dask")
     max_workers: int | None = Field(default=None, ge=1, le=1024, description="thread pool size; absent: Prefect's default")
+    processes: int = Field(
+        default=2, ge=1, le=256,
+        description="thread runner: processes the sources are read in (each task hands its source to one; "
+        "reading is Python-bound, so threads alone use one core); 1 = in the tasks' threads",
+    )
     address: str | None = Field(
         default=None, description="dask: scheduler address (tcp://host:8786); absent: start a local cluster"
     )

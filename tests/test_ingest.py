@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.core.ledger import read_ledger
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
-from pipeline.ingest.stage import SourceError, ingest_source
+from pipeline.ingest.stage import IngestResult, SourceError, ingest_source
 from schemas.config_sources import SourceConfig
 from schemas.conversation import conversation_id
 
@@ -36,14 +36,18 @@ def ingest(tmp_path: Path, path: Path, fmt: str | None, **kw) -> tuple[dict, pl.
     chunk_rows = kw.pop("chunk_rows", 50_000)
     src = SourceConfig(name="s", path=path, format=fmt, tier=kw.pop("tier", "synthetic"), **kw)
     run = tmp_path / "run"
-    stats = ingest_source(src, run, chunk_rows=chunk_rows)
+    result = ingest_source(src, run, chunk_rows=chunk_rows)
+    # a typed result, written to stats.json and read back as the same
+    assert isinstance(result, IngestResult) and IngestResult.read(run / "work" / "ingest" / "s" / "stats.json") == result
+    assert result.dropped_records + result.quarantined == sum(result.dropped.values())
+    stats = result.to_json()
     kept = pl.concat([pl.read_parquet(p) for p in stats["parts"]]) if stats["parts"] else pl.DataFrame(
         schema=CANONICAL_SCHEMA)
     ledger = read_ledger(run)
     q = dict(ledger.filter(pl.col("outcome") == "quarantined").select("origin", "reason").iter_rows())
     d = dict(ledger.filter(pl.col("outcome") == "dropped").select("origin", "reason").iter_rows())
-    assert stats["read"] == stats["kept"] + stats["quarantined"] + stats["dropped"]
-    assert stats["kept"] == kept.height and stats["quarantined"] == len(q) and stats["dropped"] == len(d)
+    assert stats["read"] == stats["kept"] + stats["quarantined"] + stats["dropped_records"]
+    assert stats["kept"] == kept.height and stats["quarantined"] == len(q) and stats["dropped_records"] == len(d)
     all_origins = list(kept["origin"]) + list(q) + list(d)
     assert len(all_origins) == len(set(all_origins)) == stats["read"]
     return stats, kept, q, d
@@ -92,7 +96,7 @@ def test_alpaca_kept_input_joined_placeholders_and_every_failure(tmp_path):
     assert row["source"] == "s" and row["tier"] == "synthetic" and row["license"] == "cc-by-nc-4.0"
     assert row["conversation_id"] == conversation_id([("user", "Add the numbers.\n\n2 and 3"), ("assistant", "5")])
     assert kept.schema == pl.Schema(CANONICAL_SCHEMA)
-    assert stats["reasons"] == {"schema.empty_content": 1, "schema.invalid_json": 1, "schema.invalid_utf8": 1,
+    assert stats["dropped"] == {"schema.empty_content": 1, "schema.invalid_json": 1, "schema.invalid_utf8": 1,
                                 "schema.missing_field": 1, "schema.wrong_type": 3}
 
 

@@ -146,10 +146,10 @@ try:  # cap the address space: a reader that grows without bound fails here inst
     resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 30), resource.RLIM_INFINITY))
 except (OSError, ValueError, StopIteration):
     pass
-stats = ingest_source(SourceConfig(name="s", path=target, format=fmt, tier="expert"), run / "target")
+stats = ingest_source(SourceConfig(name="s", path=target, format=fmt, tier="expert"), run / "target").to_json()
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"extra_mb": (after - before) / 1024, "read": stats["read"], "kept": stats["kept"],
-                  "reasons": stats["reasons"]}))
+                  "reasons": stats["dropped"]}))
 """
 
 

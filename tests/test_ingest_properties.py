@@ -46,12 +46,12 @@ oasst_rows = st.fixed_dictionaries(
 
 
 def check_balanced(path: Path, fmt: str | None, run: Path, **kw) -> dict:
-    stats = ingest_source(SourceConfig(name="s", path=path, format=fmt, tier="crowdsourced", **kw), run)
+    stats = ingest_source(SourceConfig(name="s", path=path, format=fmt, tier="crowdsourced", **kw), run).to_json()
     kept = [o for p in stats["parts"] for o in pl.read_parquet(p, columns=["origin"])["origin"]]
     ledger = read_ledger(run)
     origins = kept + ledger["origin"].to_list()
-    assert stats["read"] == stats["kept"] + stats["quarantined"] + stats["dropped"]
-    assert stats["kept"] == len(kept) and ledger.height == stats["quarantined"] + stats["dropped"]
+    assert stats["read"] == stats["kept"] + stats["quarantined"] + stats["dropped_records"]
+    assert stats["kept"] == len(kept) and ledger.height == stats["quarantined"] + stats["dropped_records"]
     assert len(origins) == len(set(origins)) == stats["read"]
     assert all(o.startswith("s:") for o in origins)
     assert pl.read_parquet(run / "quarantine" / "s.parquet").height == stats["quarantined"]

@@ -35,14 +35,14 @@ def ingest(tmp_path: Path, path: Path, fmt: str | None = None, **kw) -> tuple[di
     """Run ingestion; return stats, kept frame and {origin: reason} of quarantined; check the ledger balances."""
     src = SourceConfig(name="s", path=path, format=fmt, tier=kw.pop("tier", "synthetic"), **kw)
     run = tmp_path / "run"
-    stats = ingest_source(src, run)
+    stats = ingest_source(src, run).to_json()
     kept = (pl.concat([pl.read_parquet(p) for p in stats["parts"]]) if stats["parts"]
             else pl.DataFrame(schema=CANONICAL_SCHEMA))
     assert dict(kept.schema) == CANONICAL_SCHEMA
     ledger = read_ledger(run)
     q = dict(ledger.filter(pl.col("outcome") == "quarantined").select("origin", "reason").iter_rows())
     origins = list(kept["origin"]) + list(ledger["origin"])
-    assert len(origins) == len(set(origins)) == stats["read"] == stats["kept"] + stats["quarantined"] + stats["dropped"]
+    assert len(origins) == len(set(origins)) == stats["read"] == stats["kept"] + stats["quarantined"] + stats["dropped_records"]
     return stats, kept, q
 
 

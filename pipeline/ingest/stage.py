@@ -28,6 +28,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ import pyarrow.parquet as pq
 
 from pipeline.core.ledger import LedgerImbalance, ledger_rows, write_ledger_part
 from pipeline.core.progress import Progress
-from pipeline.core.rundir import atomic_write_json, atomic_write_table, claim_run_dir
+from pipeline.core.rundir import atomic_write_table, claim_run_dir
+from pipeline.core.stage import StageResult
 from pipeline.ingest.canonical import CANONICAL_SCHEMA
 from pipeline.ingest.dataset_info import Dataset, dataset_info_path, read_dataset_info
 from pipeline.ingest.files import (
@@ -426,16 +428,38 @@ def _not_read_warning(source: SourceConfig, not_read: list[dict[str, str]]) -> s
             f"{shown}")
 
 
-def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000) -> dict:
-    """Read one source into the run directory; return its stats (see module docstring for outputs).
+@dataclass
+class IngestResult(StageResult):
+    """What ingesting one source did: records_in (read) == records_out (kept) + quarantined +
+    dropped_records is checked before it is returned (LedgerImbalance otherwise); a Self-Instruct
+    task counts as its instances. `dropped` (as in every stage result): reason code -> records
+    quarantined or dropped for it. Its JSON also says `read` and `kept` (the ledger's words)."""
 
-    Stats: source, tier, format ("mixed" when a directory's files differ), file_formats {file: format},
-    files, files_not_read [{path, reason}], warnings [sentences, also logged], read, kept, quarantined,
-    dropped, reasons {code: n}, fields_not_read {field: kept records holding text in it}, adjusted
-    {note: records} (trimmed_trailing_turns, think_block), parts [paths], seconds. read == kept +
-    quarantined + dropped is checked here (LedgerImbalance otherwise); a Self-Instruct task counts as
-    its instances.
-    """
+    source: str = ""
+    tier: str = ""
+    #: the format read ("mixed" when a directory's files differ)
+    format: str | None = None
+    #: file (relative to the source, or dataset:file for a dataset_info.json) -> its format
+    file_formats: dict[str, str | None] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    #: files under the source that were not read: {path, reason}
+    files_not_read: list[dict[str, str]] = field(default_factory=list)
+    #: sentences, also logged (and shown in the report)
+    warnings: list[str] = field(default_factory=list)
+    quarantined: int = 0
+    dropped_records: int = 0
+    #: kept records holding text in fields the reader does not read: {field: records}
+    fields_not_read: dict[str, int] = field(default_factory=dict)
+    #: adjustments made to kept records: {note: records} (trimmed_trailing_turns, think_block)
+    adjusted: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "read": self.records_in, "kept": self.records_out}
+
+
+def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000) -> IngestResult:
+    """Read one source into the run directory (see the module docstring for the outputs); its result
+    is also written to work/ingest/<source>/stats.json."""
     t0 = time.perf_counter()
     rd = claim_run_dir(run_dir)
     root = Path(source.path)
@@ -514,29 +538,15 @@ def ingest_source(source: SourceConfig, run_dir: Path, chunk_rows: int = 50_000)
         log.warning(w)
     used = {fmt for fmt in formats.values() if fmt}
     name, kept = source.name, parts.rows_written
-    stats = {
-        "stage": "ingest",
-        "source": name,
-        "tier": str(source.tier.value),
-        "format": used.pop() if len(used) == 1 else "mixed" if used else source.format,
-        "file_formats": {_file_key(f, root, datasets): fmt for f, fmt in formats.items()},
-        "files": [str(f) for f in files],
-        "files_not_read": not_read,
-        "warnings": warnings,
-        "read": read,
-        "kept": kept,
-        "quarantined": rejects.quarantined,
-        "dropped": rejects.dropped,
-        "reasons": dict(sorted(rejects.reasons.items())),
-        # kept records holding text in fields the reader does not read: {field: records}
-        "fields_not_read": dict(sorted(tally.unread.items())),
-        # adjustments made to kept records: {note: records} (trimmed_trailing_turns, think_block)
-        "adjusted": dict(sorted(tally.notes.items())),
-        "parts": [str(p) for p in parts.parts],
-        "seconds": round(time.perf_counter() - t0, 3),
-        # the common fields of a stage result (pipeline.core.stage), for the report and the flow log
-        "records_in": read,
-        "records_out": kept,
-    }
-    atomic_write_json(out_dir / "stats.json", stats)
+    stats = IngestResult(
+        stage="ingest", source=name, tier=str(source.tier.value),
+        format=used.pop() if len(used) == 1 else "mixed" if used else source.format,
+        file_formats={_file_key(f, root, datasets): fmt for f, fmt in formats.items()},
+        files=[str(f) for f in files], files_not_read=not_read, warnings=warnings,
+        quarantined=rejects.quarantined, dropped_records=rejects.dropped,
+        dropped=dict(sorted(rejects.reasons.items())), fields_not_read=dict(sorted(tally.unread.items())),
+        adjusted=dict(sorted(tally.notes.items())), parts=[str(p) for p in parts.parts],
+        seconds=round(time.perf_counter() - t0, 3), records_in=read, records_out=kept,
+    )
+    stats.write(out_dir / "stats.json")
     return stats
