@@ -14,6 +14,7 @@ writes the selected encodings into shards: planned and written token shares are 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,9 @@ class EncodeResult(StageResult):
     #: conversations with tools or tool calls
     tool_conversations: int = 0
     max_seq_len: int = 0
+    #: wall seconds of its phases: read, render (for the tokenizer), tokenizer, chunks (encode, mask,
+    #: self-check, write), ledger
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def template_of(cfg: Any) -> ChatTemplate:
@@ -291,6 +295,13 @@ def encode_chunks(df: pl.DataFrame, cfg: Any, tok: Tokenizer, out_dir: Path,
 def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeResult:
     """Render, tokenize and mask every conversation of `in_paths` once (see the module docstring)."""
     result = EncodeResult(stage="encode", max_seq_len=cfg.pack.max_seq_len)
+    clock = [time.perf_counter()]
+
+    def phase(name: str) -> None:
+        now = time.perf_counter()
+        result.phase_seconds[name] = round(now - clock[0], 3)
+        clock[0] = now
+
     with timed(result):
         rd = claim_run_dir(run_dir)
         out_dir = rd.stage_dir("encode")
@@ -302,12 +313,15 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         # and again by the chunks that encode them in worker processes (a few seconds).
         msgs = df.get_column("messages").to_list()
         tools = tools_column(df)
+        phase("read")
         rendered = None
         texts: list[str] = []
         if cfg.tokenizer.path is None:
             rendered = render_all(template, msgs, tools, opts.reasoning)
             texts = [r.text for rs in rendered[0] for r in rs]
+            phase("render")
         tok, tok_info = resolve_tokenizer(rd.root, cfg, template, texts)
+        phase("tokenizer")
         del texts
         if parallel_chunks(cfg, df.height):
             rendered = None  # the workers render their own chunks: free the memory before they start
@@ -320,6 +334,7 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].parquet")
         chunks = encode_chunks(df, cfg, tok, out_dir, rendered)
         del rendered
+        phase("chunks")
         result.reasoning = {
             "mode": opts.reasoning,
             "conversations": sum(c.reasoning[0] for c in chunks),
@@ -366,5 +381,6 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         result.supervised_histogram = _histogram(full_sup)
         checked = sum(c.checked for c in chunks)
         result.self_check = {"checked": checked, "passed": checked}
+        phase("ledger")
     result.write(rd.stage_dir("encode") / "stats.json")
     return result
