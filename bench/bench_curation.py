@@ -141,7 +141,7 @@ def main() -> None:
     rss_self, rss_child = peak_rss_mb()
     print(f"records read {read:,}; kept after quality {qua.records_out:,}; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows every stage)")
-    print(f"time: ingest {t_ing:.1f}s, dedup {t_ded:.1f}s (signatures {ded.get('signature_seconds')}s), "
+    print(f"time: ingest {t_ing:.1f}s, dedup {t_ded:.1f}s (signatures {ded.signature_seconds}s), "
           f"quality {t_q:.1f}s; total {total:.1f}s = {read / total:,.0f} records/s (target >= 3,000)")
     print(f"quality seconds per filter (summed over workers): {qua.filter_seconds}")
     print(f"peak RSS: main process {rss_self:,.0f} MB, largest child {rss_child:,.0f} MB (target < 4,096)")
