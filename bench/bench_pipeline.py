@@ -29,8 +29,10 @@ from pathlib import Path
 from bench_mix import SOURCES  # the corpus's five sources (name, file, format, tier)
 
 REPO = Path(__file__).resolve().parents[1]
-#: the data stages in the order the flow runs them (flows.stages.STAGES), for the per-stage memory peak
-STAGE_ORDER = ["ingest", "dedup", "quality", "encode", "score", "mix", "pack", "ablation"]
+sys.path.insert(0, str(REPO))
+from flows.stages import STAGES  # noqa: E402 - the registry: the stages in the order the flow runs them
+
+STAGE_ORDER = list(STAGES)
 
 
 def write_config(corpus: Path, out: Path, path: Path) -> Path:

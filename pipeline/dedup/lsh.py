@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
 from pipeline.dedup.minhash import estimated_jaccard
 from schemas.config_curation import DedupConfig
@@ -61,8 +62,6 @@ def _bucket_pairs(key: np.ndarray, max_bucket: int) -> list[np.ndarray]:
     """Pairs (i < j) of rows with equal keys: every pair of a bucket of up to `max_bucket` rows, a
     star around its smallest row for a larger one (a very common band bounds the work). Buckets of
     one size are paired at once (one triu_indices per size, not per bucket)."""
-    import polars as pl
-
     n = len(key)
     order = pl.Series(key).arg_sort().to_numpy().astype(np.int64)  # polars: parallel, ~5x numpy's
     edge = np.flatnonzero(np.diff(key[order])) + 1

@@ -182,9 +182,11 @@ def _list_array(arrays: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, dtype)).cast(pa.list_(dtype))
 
 
-def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarray, first_part: int = 0) -> list[Path]:
+def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarray, first_part: int = 0,
+                  supervised: list[int] | None = None) -> list[Path]:
     """The kept conversations' encodings as `out_dir/part-NNNNN.parquet`, numbered from `first_part`
-    (the caller removes earlier parts)."""
+    (the caller removes earlier parts); `supervised`: each conversation's targets, if counted already."""
+    sup = supervised if supervised is not None else [int(m.sum()) for m in enc.masks]
     cids = df.get_column("conversation_id").to_list()
     origins = df.get_column("origin").to_list()
     paths = []
@@ -194,7 +196,7 @@ def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarra
             pa.array([cids[i] for i in idx], pa.string()),
             pa.array([origins[i] for i in idx], pa.string()),
             pa.array([len(enc.ids[i]) for i in idx], pa.int64()),
-            pa.array([int(enc.masks[i].sum()) for i in idx], pa.int64()),
+            pa.array([sup[i] for i in idx], pa.int64()),
             pa.array([enc.truncated[i] for i in idx], pa.bool_()),
             _list_array([enc.ids[i] for i in idx], pa.int32()),
             _list_array([enc.masks[i] for i in idx], pa.uint8()),
@@ -239,6 +241,8 @@ class ChunkResult:
     encoder: str
     #: conversations with reasoning, and the training examples they gave (pipeline.render.reasoning)
     reasoning: tuple[int, int] = (0, 0)
+    #: conversations with tools or tool calls
+    tool_conversations: int = 0
 
 
 def encode_chunk(df: pl.DataFrame, cfg: Any, tok: Tokenizer, out_dir: Path, chunk: int, share: float,
@@ -258,10 +262,13 @@ def encode_chunk(df: pl.DataFrame, cfg: Any, tok: Tokenizer, out_dir: Path, chun
     del rendered
     checked = self_check(df, enc, template, tok, opts, cfg, share, chunk)
     kept = np.flatnonzero(np.asarray([r is None for r in enc.reasons], dtype=bool))
-    parts = write_encoded(out_dir, df, enc, kept, chunk * _CHUNK_PARTS)
+    supervised = [int(m.sum()) for m in enc.masks]
+    parts = write_encoded(out_dir, df, enc, kept, chunk * _CHUNK_PARTS, supervised)
+    with_tools = sum(1 for i, m in enumerate(msgs)
+                     if (tools and tools[i]) or any(x.get("tool_calls") or x.get("role") == "tool" for x in m))
     return ChunkResult(enc.reasons, enc.details, enc.full_tokens, enc.full_supervised, [len(a) for a in enc.ids],
-                       [int(m.sum()) for m in enc.masks], enc.truncated, [str(p) for p in parts], checked, enc.encoder,
-                       (len(with_reasoning), examples))
+                       supervised, enc.truncated, [str(p) for p in parts], checked, enc.encoder,
+                       (len(with_reasoning), examples), with_tools)
 
 
 def _chunk_worker(args: tuple[pl.DataFrame, Any, str, str, int, float]) -> ChunkResult:
@@ -311,13 +318,11 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         opts = mask_options(cfg)
         # The trained tokenizer learns from all rendered texts (or a sample of them): rendered here, once,
         # and again by the chunks that encode them in worker processes (a few seconds).
-        msgs = df.get_column("messages").to_list()
-        tools = tools_column(df)
         phase("read")
         rendered = None
         texts: list[str] = []
         if cfg.tokenizer.path is None:
-            rendered = render_all(template, msgs, tools, opts.reasoning)
+            rendered = render_all(template, df.get_column("messages").to_list(), tools_column(df), opts.reasoning)
             texts = [r.text for rs in rendered[0] for r in rs]
             phase("render")
         tok, tok_info = resolve_tokenizer(rd.root, cfg, template, texts)
@@ -325,16 +330,12 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         del texts
         if parallel_chunks(cfg, df.height):
             rendered = None  # the workers render their own chunks: free the memory before they start
-        result.tool_conversations = sum(
-            1 for i, m in enumerate(msgs)
-            if (tools and tools[i]) or any(x.get("tool_calls") or x.get("role") == "tool" for x in m)
-        )
-        del msgs
 
         remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].parquet")
         chunks = encode_chunks(df, cfg, tok, out_dir, rendered)
         del rendered
         phase("chunks")
+        result.tool_conversations = sum(c.tool_conversations for c in chunks)
         result.reasoning = {
             "mode": opts.reasoning,
             "conversations": sum(c.reasoning[0] for c in chunks),

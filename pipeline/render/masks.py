@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -107,8 +108,16 @@ def token_range(enc: Encoding, start: int, end: int, n: int) -> tuple[int, int] 
     return first, last + 1
 
 
+class Spans(Protocol):
+    """One encoded text: its ids, and the tokens [first, last+1) overlapping characters [start, end)."""
+
+    ids: np.ndarray
+
+    def range(self, start: int, end: int) -> tuple[int, int] | None: ...
+
+
 class TokenSpans:
-    """Token positions of character spans of one encoded text, from the tokenizers' offsets."""
+    """Spans from the tokenizers' offsets."""
 
     def __init__(self, enc: Encoding) -> None:
         self.enc = enc
@@ -118,8 +127,8 @@ class TokenSpans:
         return token_range(self.enc, start, end, len(self.ids))
 
 
-class ByteSpans(TokenSpans):
-    """The same for a byte-level tokenizer's ids (pipeline.render.fastbpe): token k covers bytes
+class ByteSpans:
+    """Spans from a byte-level tokenizer's ids (pipeline.render.fastbpe): token k covers bytes
     [ends[k] - len[k], ends[k]) of the UTF-8 text, and it overlaps a character span exactly when it
     overlaps the span's bytes, the rule `token_range` applies to character offsets."""
 
@@ -145,7 +154,7 @@ class ByteSpans(TokenSpans):
         return (first, last) if first < last else None
 
 
-def mask_one(spans: TokenSpans, rendered: Rendered, opts: MaskOptions) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def mask_one(spans: Spans, rendered: Rendered, opts: MaskOptions) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """ids, mask, and the token index just after each assistant turn (the truncation boundaries)."""
     ids = spans.ids
     n = len(ids)
@@ -170,7 +179,7 @@ def _tools_at(tools: Sequence[object] | None, i: int) -> object:
 
 
 def _mask_example(
-    msgs: Messages, rend: Rendered, spans: TokenSpans, opts: MaskOptions, specials: re.Pattern[str] | None,
+    msgs: Messages, rend: Rendered, spans: Spans, opts: MaskOptions, specials: re.Pattern[str] | None,
     limit: int | None,
 ) -> tuple[np.ndarray, np.ndarray, int, int, bool, str | None, str | None]:
     """ids, mask, full tokens, full targets, truncated, reason, detail of one training example."""
