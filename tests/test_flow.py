@@ -26,17 +26,22 @@ def _task_states(flow_run_id: UUID) -> dict[str, str]:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    # Task-run states reach the server as events, after the flow returns: poll until every task run has
-    # a final one (a bounded wait for delivery on a loaded machine, not a limit on how fast anything runs).
+    # Task runs and their states reach the server as events, after the flow returns: poll until every
+    # stage's task run is there and every task run has a final state (a bounded wait for delivery on a
+    # loaded machine, not a limit on how fast anything runs).
+    from flows.stages import STAGES
+
+    def name(r: Any) -> str:  # run names are "<task>-<3 hex>", except the per-source "ingest-<source>"
+        return r.name if r.name.startswith("ingest-") else r.name.rsplit("-", 1)[0]
+
+    expected = {n for n in STAGES if n != "ingest"} | {"finalize-ledger", "build-report"}
     with get_client(sync_client=True) as client:
         for _ in range(240):
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            if all(r.state is not None and r.state.is_final() for r in runs):
+            if expected <= {name(r) for r in runs} and all(r.state is not None and r.state.is_final() for r in runs):
                 break
             time.sleep(0.25)
-    # run names are "<task>-<3 hex>", except the per-source "ingest-<source>"
-    return {(r.name if r.name.startswith("ingest-") else r.name.rsplit("-", 1)[0]): r.state.name if r.state else "None"
-            for r in runs}
+    return {name(r): r.state.name if r.state else "None" for r in runs}
 
 
 def _run(flow: Any, config: Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
