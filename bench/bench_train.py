@@ -248,6 +248,13 @@ def main() -> None:
         t0 = time.perf_counter()
         build_run_dir(run_dir, args.records, cfg)
         convs = train_conversations(run_dir)
+        if any(not v.startswith("sftforge") for v in chosen):
+            import peft
+            import transformers
+            import trl
+
+            print(f"TRL {trl.__version__} ({Path(trl.__file__).parent}), peft {peft.__version__}, "
+                  f"transformers {transformers.__version__}, torch {torch.__version__}")  # fmt: skip
         print(f"data: {len(convs)} Alpaca conversations, tokenized+packed in {time.perf_counter() - t0:.1f}s; "
               f"model hidden={args.hidden} layers={args.layers} vocab={args.vocab}, max_seq_len={args.max_seq_len}, "
               f"torch threads={torch.get_num_threads()}")  # fmt: skip

@@ -13,7 +13,7 @@ from trainer_fixtures import lora_config, make_base_model, make_run_dir, tiny_co
 from trainer.data import collate
 from trainer.fit import forward_backward, setup, train_step
 from trainer.inputs import read_manifest, shard_paths
-from trainer.loss import TargetLoss, chunk_size, chunked_head_loss
+from trainer.loss import FrozenHeadLoss, TargetLoss, _head_loss, chunk_size, chunked_head_loss, head_loss
 from trainer.model import build_model, load_tokenizer, resolve_attn
 
 
@@ -39,6 +39,43 @@ def _loss_and_grads(model, module, batch):
             batch.input_ids, batch.loss_mask, batch.position_ids, batch.attention_mask, batch.segments
         )
     return losses, grads
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk", [1, 7, 300])
+def test_frozen_head_loss_equals_cross_entropy_and_its_gradient(bias: bool, chunk: int) -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 97, bias=bias).requires_grad_(False)
+    hidden = torch.randn(40, 16)
+    targets = torch.randint(0, 97, (40,))
+    upstream = torch.rand(40)  # any per-target weights, not only a uniform scale
+    out = []
+    for fn in (
+        lambda h: _head_loss(head, h, targets),
+        lambda h: FrozenHeadLoss.apply(h, head.weight, head.bias, targets, chunk),
+    ):
+        h = hidden.clone().requires_grad_(True)
+        loss = fn(h)
+        (loss * upstream).sum().backward()
+        out.append((loss.detach(), h.grad))
+    torch.testing.assert_close(out[1][0], out[0][0])
+    torch.testing.assert_close(out[1][1], out[0][1])
+
+
+def test_head_loss_takes_the_frozen_path_only_for_a_frozen_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    used = []
+    real = FrozenHeadLoss.apply
+    monkeypatch.setattr(FrozenHeadLoss, "apply", lambda *a: used.append(1) or real(*a))
+    head = torch.nn.Linear(8, 20, bias=False)
+    h, t = torch.randn(5, 8, requires_grad=True), torch.randint(0, 20, (5,))
+    head_loss(head, h, t, 100).sum().backward()  # a trained head: its weight needs logits in backward
+    assert used == [] and head.weight.grad is not None
+    head.requires_grad_(False)
+    head_loss(head, h, t, 100).sum().backward()
+    assert used == [1]
+    with torch.no_grad():
+        head_loss(head, h, t, 100)
+    assert used == [1]
 
 
 def test_chunk_size_keeps_logits_bounded() -> None:

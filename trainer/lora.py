@@ -28,6 +28,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from schemas.config_train import LoraConfig
+from trainer.lora_fused import fuse
 from trainer.model import ModelError, save_hf, set_generation_ids
 
 ADAPTER_DIR = "adapter"
@@ -103,6 +104,7 @@ def add_adapters(model: PreTrainedModel, lcfg: LoraConfig, base_dir: Path | None
         raise ModelError(f"lora.target_modules = {lcfg.target_modules!r}: {e}") from None
     if base_dir is not None:
         wrapped.peft_config["default"].base_model_name_or_path = str(Path(base_dir).resolve())
+    fuse(wrapped)  # one autograd node per adapted linear where it is plain LoRA (trainer.lora_fused)
     return wrapped
 
 

@@ -9,6 +9,8 @@ With a large vocabulary even the target positions' logits are big (16k targets x
 9.6 GB in fp32), so the head and the cross-entropy run over chunks of target positions, each chunk's
 logits recomputed in backward (activation checkpointing of the head alone): only one chunk's logits
 exist at a time. `chunk_tokens` (auto: 2^26 / vocab) decides the chunk; below it nothing changes.
+A head that does not train (LoRA) takes `FrozenHeadLoss` instead: its gradient into the hidden states
+is computed in forward, chunk by chunk, so logits are neither kept nor recomputed.
 
 Normalisation is by the target tokens of the whole optimizer step (every micro-batch of every
 rank), not a mean of per-micro-batch means: `step_scale` gives the factor each micro-batch's *sum*
@@ -16,6 +18,8 @@ is multiplied by before backward.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +60,64 @@ def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tens
     return torch.cat(parts)
 
 
+#: rows of logits a frozen head computes at once (FrozenHeadLoss): chunk x vocab fp32 stays near the cache
+FROZEN_HEAD_CHUNK_ELEMENTS = 1 << 21
+
+
+class FrozenHeadLoss(torch.autograd.Function):
+    """Per-target cross-entropy through an output head that does not train (LoRA), in one pass per chunk.
+
+    The gradient a target's loss sends into its hidden state is `(softmax - onehot) @ W`, and the
+    upstream gradient only scales it per target, so it is computed in forward, chunk by chunk, while the
+    chunk's logits are still in cache: the logits turn into probabilities in place and go straight into
+    the matmul. What is kept for backward is that [N, hidden] gradient, never [N, vocab] logits; nothing
+    is recomputed (chunked_head_loss recomputes each chunk's logits in backward), and the element-wise
+    passes of log_softmax, nll and their backward (~10% of a small model's step) are gone.
+    Outside grad mode it is the plain loss. Equal to `_head_loss` within float rounding (tests).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, chunk: int) -> torch.Tensor:  # fmt: skip
+        n = hidden.shape[0]
+        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for i in range(0, n, chunk):
+            h, t = hidden[i : i + chunk], targets[i : i + chunk]
+            logits = (torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=1)
+            losses[i : i + chunk] = lse - logits.gather(1, t[:, None]).squeeze(1)
+            if grad_hidden is not None:
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                torch.mm(probs.to(weight.dtype), weight, out=grad_hidden[i : i + chunk])
+        ctx.save_for_backward(grad_hidden)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad[:, None].to(grad_hidden.dtype), None, None, None, None
+
+
+def frozen_head_ok(head: nn.Module, hidden: torch.Tensor) -> bool:
+    """FrozenHeadLoss applies: a plain linear head whose weight and bias do not train, gradients on,
+    no autocast (whose casts it would not repeat), one dtype."""
+    if type(head) is not nn.Linear or head.weight.requires_grad or not torch.is_grad_enabled():
+        return False
+    if head.bias is not None and head.bias.requires_grad:
+        return False
+    return hidden.dtype == head.weight.dtype and not torch.is_autocast_enabled(hidden.device.type)
+
+
+def head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Per-target cross-entropy of head(hidden): FrozenHeadLoss when the head is frozen, else chunked_head_loss."""
+    if frozen_head_ok(head, hidden):
+        rows = max(1, min(chunk, FROZEN_HEAD_CHUNK_ELEMENTS // max(1, head.weight.shape[0])))
+        return FrozenHeadLoss.apply(hidden, head.weight, head.bias, targets, rows)
+    return chunked_head_loss(head, hidden, targets, chunk)
+
+
 class TargetLoss(nn.Module):
     """Wraps a causal LM; forward returns the per-target-token cross-entropy (float32, unreduced).
 
@@ -88,7 +150,7 @@ class TargetLoss(nn.Module):
         if self.head_only:
             hidden = self.lm.get_decoder()(input_ids=input_ids, **kw).last_hidden_state
             head = self.lm.get_output_embeddings()
-            losses = chunked_head_loss(head, hidden[:, :-1][rows, cols], targets, self.chunk)
+            losses = head_loss(head, hidden[:, :-1][rows, cols], targets, self.chunk)
         else:
             logits = self.lm(input_ids=input_ids, **kw).logits[:, :-1][rows, cols]
             losses = F.cross_entropy(logits.float(), targets, reduction="none")
