@@ -44,3 +44,32 @@ def test_packs_many_short_items_densely() -> None:
     lengths = [rng.randint(20, 900) for _ in range(20_000)]
     rows = best_fit_decreasing(lengths, 2048)
     assert sum(lengths) / (len(rows) * 2048) > 0.99
+
+
+def _reference_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing by exhaustive search: the row with the least room that fits, and among rows
+    with that room the one that got it last (the order the shards were always written in)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    since: list[int] = []  # when each row got its current room
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for t, i in enumerate(order):
+        fits = [r for r in range(len(rows)) if room[r] >= lengths[i] and room[r] > 0]
+        if fits:
+            r = min(fits, key=lambda r: (room[r], -since[r]))
+        else:
+            r = len(rows)
+            rows.append([])
+            room.append(capacity)
+            since.append(t)
+        rows[r].append(i)
+        room[r] -= lengths[i]
+        since[r] = t
+    return rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64).flatmap(lambda cap: st.tuples(st.lists(st.integers(1, cap), max_size=80), st.just(cap))))
+def test_rows_are_exactly_best_fit_decreasing(case: tuple[list[int], int]) -> None:
+    lengths, capacity = case
+    assert best_fit_decreasing(lengths, capacity) == _reference_bfd(lengths, capacity)
