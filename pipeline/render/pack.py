@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from pipeline.core.rundir import RunDir, atomic_write_table, claim_run_dir, remove_outputs
 from pipeline.core.stage import StageResult, timed
+from pipeline.core.textnorm import owners
 from pipeline.render.encode import EncodeResult, read_encoded, run_encode
 from pipeline.render.packing import best_fit_decreasing
 
@@ -76,29 +77,89 @@ def _rows(lengths: np.ndarray, capacity: int, packing: bool, seed: int) -> list[
     return [rows[i] for i in order]
 
 
+@dataclass
+class Segments:
+    """Every packed segment as a range of one flat token column: its start, length and conversation
+    (row of the joined frame); `first[i]`, `count[i]`: conversation i's segments."""
+
+    ids: np.ndarray  # int32, every conversation's tokens back to back
+    masks: np.ndarray  # uint8, aligned with ids
+    start: np.ndarray  # int64 per segment
+    length: np.ndarray  # int64 per segment
+    conv: np.ndarray  # int64 per segment
+    first: np.ndarray  # int64 per conversation
+    count: np.ndarray  # int64 per conversation
+
+    def of(self, items: np.ndarray) -> np.ndarray:
+        """The segments of conversations `items`, in order (each conversation's in its own order)."""
+        counts = self.count[items]
+        own = owners(counts)
+        before = np.cumsum(counts) - counts
+        return self.first[items][own] + (np.arange(len(own), dtype=np.int64) - before[own])
+
+    def gather(self, segs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ids and masks of segments `segs`, concatenated in that order. (One concatenation of views:
+        index arrays as long as the output would cost more, as fresh memory is slow to fault in.)"""
+        bounds = list(zip(self.start[segs].tolist(), (self.start[segs] + self.length[segs]).tolist(), strict=True))
+        if not bounds:
+            return self.ids[:0], self.masks[:0]
+        return (np.concatenate([self.ids[a:b] for a, b in bounds]),
+                np.concatenate([self.masks[a:b] for a, b in bounds]))  # fmt: skip
+
+
+def _segments(df: pl.DataFrame) -> Segments:
+    """The segments of the joined frame's conversations: one per training example (the `segments`
+    column, pipeline.render.reasoning), or the whole encoding when the column is absent or empty."""
+    n_tok = df.get_column("input_ids").list.len().cast(pl.Int64).to_numpy()
+    ids = df.get_column("input_ids").explode().drop_nulls().to_numpy().astype(np.int32, copy=False)
+    masks = df.get_column("loss_mask").explode().drop_nulls().to_numpy().astype(np.uint8, copy=False)
+    if "segments" in df.columns:
+        given = df.get_column("segments").fill_null([])
+        count = given.list.len().cast(pl.Int64).to_numpy()
+        flat = given.explode().drop_nulls().cast(pl.Int64).to_numpy()
+    else:
+        count, flat = np.zeros(df.height, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    whole = count == 0  # one segment: the whole encoding
+    count = np.where(whole, 1, count)
+    first = np.cumsum(count) - count
+    length = np.empty(int(count.sum()), dtype=np.int64)
+    length[first[whole]] = n_tok[whole]
+    listed = np.ones(len(length), dtype=bool)
+    listed[first[whole]] = False
+    length[listed] = flat
+    conv = owners(count)
+    conv_start = np.cumsum(n_tok) - n_tok
+    seg_before = np.cumsum(length) - length
+    start = conv_start[conv] + seg_before - seg_before[first][conv]
+    return Segments(ids, masks, start, length, conv, first, count)
+
+
 def _write_shards(
-    out_dir: Path, split: str, rows: list[list[int]], ids: list[np.ndarray], masks: list[np.ndarray],
-    cids: list[str], rows_per_shard: int,
+    out_dir: Path, split: str, rows: list[np.ndarray], segments: Segments, cids: pa.Array, rows_per_shard: int,
 ) -> list[dict]:
-    """Write rows as Parquet shards (temporary name, then rename); returns one entry per shard. The
-    zstd compression runs outside the GIL: shards are written by two threads while the next is built."""
+    """Write rows (arrays of segment indices) as Parquet shards (temporary name, then rename); returns one
+    entry per shard. The zstd compression runs outside the GIL: shards are written by two threads while
+    the next is built."""
     from concurrent.futures import ThreadPoolExecutor
 
     entries, writes = [], []
     with ThreadPoolExecutor(max_workers=2) as pool:
         for s, r0 in enumerate(range(0, len(rows), rows_per_shard)):
             chunk = rows[r0 : r0 + rows_per_shard]
-            flat = [i for row in chunk for i in row]
-            seg_lens = np.array([len(ids[i]) for i in flat], dtype=np.int32)
-            row_tokens = np.array([sum(len(ids[i]) for i in row) for row in chunk], dtype=np.int64)
-            tok_off = pa.array(np.concatenate([[0], np.cumsum(row_tokens)]).astype(np.int32))
-            seg_off = pa.array(np.concatenate([[0], np.cumsum([len(row) for row in chunk])]).astype(np.int32))
+            flat = np.concatenate(chunk) if chunk else np.zeros(0, dtype=np.int64)
+            seg_lens = segments.length[flat]
+            per_row = np.fromiter((len(r) for r in chunk), dtype=np.int64, count=len(chunk))
+            seg_off = np.concatenate([[0], np.cumsum(per_row)])
+            tok_cum = np.concatenate([[0], np.cumsum(seg_lens)])
+            row_tokens = np.diff(tok_cum[seg_off])
+            tok_off = pa.array(tok_cum[seg_off].astype(np.int32))
+            ids, masks = segments.gather(flat)
             table = pa.Table.from_arrays(
                 [
-                    pa.ListArray.from_arrays(tok_off, pa.array(np.concatenate([ids[i] for i in flat]), pa.int32())),
-                    pa.ListArray.from_arrays(tok_off, pa.array(np.concatenate([masks[i] for i in flat]), pa.uint8())),
-                    pa.ListArray.from_arrays(seg_off, pa.array(seg_lens, pa.int32())),
-                    pa.ListArray.from_arrays(seg_off, pa.array([cids[i] for i in flat], pa.string())),
+                    pa.ListArray.from_arrays(tok_off, pa.array(ids, pa.int32())),
+                    pa.ListArray.from_arrays(tok_off, pa.array(masks, pa.uint8())),
+                    pa.ListArray.from_arrays(pa.array(seg_off.astype(np.int32)), pa.array(seg_lens.astype(np.int32))),
+                    pa.ListArray.from_arrays(pa.array(seg_off.astype(np.int32)), cids.take(segments.conv[flat])),
                 ],
                 schema=SHARD_SCHEMA,
             )
@@ -109,22 +170,6 @@ def _write_shards(
         for w in writes:
             w.result()  # an error writing any shard is raised here
     return entries
-
-
-def _segments(
-    df: pl.DataFrame, ids: list[np.ndarray], masks: list[np.ndarray], cids: list[str]
-) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[list[int]]]:
-    """Per packed segment: ids, mask, conversation_id; and each conversation's segment indices."""
-    lens = df.get_column("segments").to_list() if "segments" in df.columns else [None] * df.height
-    seg_ids, seg_masks, seg_cids, conv_segs = [], [], [], []
-    for i in range(df.height):
-        bounds = np.cumsum([0, *(lens[i] or [len(ids[i])])])
-        conv_segs.append(list(range(len(seg_ids), len(seg_ids) + len(bounds) - 1)))
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            seg_ids.append(ids[i][a:b])
-            seg_masks.append(masks[i][a:b])
-            seg_cids.append(cids[i])
-    return seg_ids, seg_masks, seg_cids, conv_segs
 
 
 def _group_stats(frame: pl.DataFrame, key: str) -> dict[str, dict[str, int]]:
@@ -161,28 +206,29 @@ def run_pack(run_dir: str | Path, cfg: Any) -> PackResult:
         # curated rows the encode stage dropped (curated/ written by hand, or by an older version) are
         # left out here; the encode stage's ledger rows account for them
         df = curated.join(encoded, on="origin", how="inner", maintain_order="left")
-        ids = [np.asarray(a, dtype=np.int32) for a in df.get_column("input_ids").to_numpy()] if df.height else []
-        masks = [np.asarray(a, dtype=np.uint8) for a in df.get_column("loss_mask").to_numpy()] if df.height else []
-        cids = df.get_column("conversation_id").to_list()
-        is_val = val_mask(cids, cfg.pack.val_fraction, cfg.seed)
-        repeats = df.get_column("repeat").to_numpy()
-        train_items = [i for i in range(df.height) if not is_val[i] for _ in range(max(1, int(repeats[i])))]
-        val_items = [i for i in range(df.height) if is_val[i]]
+        cids = df.get_column("conversation_id")
+        is_val = val_mask(cids.to_list(), cfg.pack.val_fraction, cfg.seed)
+        repeats = np.maximum(1, df.get_column("repeat").cast(pl.Int64).to_numpy())
+        train_idx = np.flatnonzero(~is_val)
+        train_arr = np.repeat(train_idx, repeats[train_idx])  # each train conversation `repeat` times, in place
+        val_arr = np.flatnonzero(is_val)
+        train_items, val_items = train_arr.tolist(), val_arr.tolist()
         # A conversation that template.reasoning = "split" made into several training examples is packed
         # as that many segments (each attends only to itself), all with its conversation_id.
-        seg_ids, seg_masks, seg_cids, conv_segs = _segments(df, ids, masks, cids)
+        segments = _segments(df)
+        cid_array = cids.to_arrow().cast(pa.string())
 
         remove_outputs(rd.shards, "train-[0-9][0-9][0-9][0-9][0-9].parquet")
         remove_outputs(rd.shards, "val-[0-9][0-9][0-9][0-9][0-9].parquet")
         rd.shards.mkdir(parents=True, exist_ok=True)
         entries, packing = [], {}
         cap = cfg.pack.max_seq_len
-        for split, items, seed in (("train", train_items, cfg.seed), ("val", val_items, cfg.seed + 1)):
-            segs = [k for i in items for k in conv_segs[i]]
-            lengths = np.array([len(seg_ids[k]) for k in segs], dtype=np.int64)
+        for split, items, seed in (("train", train_arr, cfg.seed), ("val", val_arr, cfg.seed + 1)):
+            segs = segments.of(items)
+            lengths = segments.length[segs]
             local = _rows(lengths, cap, cfg.pack.packing, seed)
-            rows = [[segs[j] for j in row] for row in local]
-            entries += _write_shards(rd.shards, split, rows, seg_ids, seg_masks, seg_cids, cfg.pack.rows_per_shard)
+            rows = [segs[np.asarray(row, dtype=np.int64)] for row in local]
+            entries += _write_shards(rd.shards, split, rows, segments, cid_array, cfg.pack.rows_per_shard)
             real = int(lengths.sum())
             packing[split] = {
                 "rows": len(rows), "segments": len(segs), "real_tokens": real, "row_capacity": len(rows) * cap,
