@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 def _rows(files: list[Path]) -> int:
-    return sum(pl.read_parquet(f).height for f in files)
+    from pipeline.core.parts import read_part
+
+    return sum(read_part(f).height for f in files)
 
 
 def _task_states(flow_run_id: UUID) -> dict[str, str]:
@@ -81,7 +83,7 @@ def assert_stages_reconcile(rd: Path, result: dict[str, Any]) -> None:
     assert sum(s["quarantined"] for s in ingest_stats) == result["counts"]["quarantined"]
     dedup_rows = _rows(sorted((rd / "work" / "dedup").glob("part-*.parquet")))
     quality_rows = _rows(sorted((rd / "work" / "quality").glob("part-*.parquet")))
-    encoded_rows = _rows(sorted((rd / "work" / "encode").glob("part-*.parquet")))
+    encoded_rows = _rows(sorted((rd / "work" / "encode").glob("part-*.arrow")))
     curated_rows = _rows(sorted((rd / "curated").glob("*.parquet")))
     assert dedup_rows == _rows(ingest_parts) - stage_drops["dedup"]
     assert quality_rows == dedup_rows - stage_drops["quality"]

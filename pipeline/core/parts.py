@@ -1,4 +1,5 @@
-"""Parquet part files: the folders of parts stages hand to each other (paths, never DataFrames)."""
+"""Part files: the folders of parts stages hand to each other (paths, never DataFrames). Parquet, or
+Arrow IPC (`.arrow`) for work files written and read whole by the next stages (the encodings)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,19 @@ from pipeline.core.rundir import atomic_write_parquet, remove_outputs
 PART_PATTERN = "part-[0-9][0-9][0-9][0-9][0-9].parquet"
 
 
+def read_part(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """One part file, Parquet or Arrow IPC (by its suffix); all columns or `columns`."""
+    if Path(path).suffix == ".arrow":
+        return pl.read_ipc(path, columns=columns)
+    return pl.read_parquet(path, columns=columns)
+
+
 def read_parts(in_paths: list[Path]) -> pl.DataFrame:
     """Concatenate canonical parts, in the given order (extra columns such as lang are kept, also
     when every part is empty)."""
     from pipeline.ingest.canonical import empty_canonical
 
-    frames = [pl.read_parquet(p) for p in in_paths]
+    frames = [read_part(p) for p in in_paths]
     rows = [f for f in frames if f.height]
     if rows:
         return pl.concat(rows, how="diagonal_relaxed")

@@ -309,6 +309,14 @@ def atomic_write_table(table: pa.Table, path: str | Path, **write_options: Any) 
     return _tmp_then_rename(path, lambda tmp: pq.write_table(table, tmp, **write_options))
 
 
+def atomic_write_ipc(table: pa.Table, path: str | Path, compression: str = "lz4") -> Path:
+    """A pyarrow table as an Arrow IPC file atomically: work files a later stage reads whole
+    (written and read ~20x faster than Parquet; pipeline.core.parts.read_part reads either)."""
+    import pyarrow.feather as feather
+
+    return _tmp_then_rename(path, lambda tmp: feather.write_feather(table, tmp, compression=compression))
+
+
 def remove_outputs(folder: Path, pattern: str) -> list[Path]:
     """Delete the files matching `pattern` in `folder`, a folder of a run directory sftforge made.
 

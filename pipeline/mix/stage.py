@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
-from pipeline.core.parts import read_parts
+from pipeline.core.parts import read_part, read_parts
 from pipeline.core.rundir import (
     atomic_write_parquet,
     claim_run_dir,
@@ -241,7 +241,7 @@ def run_mix(
     source_tiers = {s.name: str(s.tier) for s in cfg.sources}
     if encoded is not None:
         # only the two columns: the parts also hold every conversation's ids and mask (~1 GB at 200k)
-        counts = pl.concat([pl.read_parquet(p, columns=["origin", "tokens"]) for p in encoded]) if encoded else None
+        counts = pl.concat([read_part(p, ["origin", "tokens"]) for p in encoded]) if encoded else None
         if counts is None or not counts.height:
             counts = pl.DataFrame(schema={"origin": pl.String, "tokens": pl.Int64})
         df = df.join(counts, on="origin", how="inner", maintain_order="left")

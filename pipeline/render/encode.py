@@ -4,8 +4,8 @@
 character spans of its turns), takes the run's tokenizer (the given one, or the embedded BPE trained
 on exactly these rendered texts and cached), encodes every text once (`encode_batch`), derives the
 loss mask from the spans (pipeline.render.masks) and applies the overflow policy. It writes
-`tokenizer/`, the encodings (`work/encode/part-*.parquet`: ids, mask and exact token counts, one row
-per kept conversation), `ledger/tokenize.parquet` for the conversations it drops (too long, nothing
+`tokenizer/`, the encodings (`work/encode/part-*.arrow`, Arrow IPC: ids, mask and exact token counts,
+one row per kept conversation), `ledger/tokenize.parquet` for the conversations it drops (too long, nothing
 supervised, a template error: ledger stage `tokenize`) and `work/encode/stats.json`.
 
 The mix stage then selects on these exact token counts (truncation included), and the pack stage
@@ -25,8 +25,8 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
-from pipeline.core.parts import read_parts
-from pipeline.core.rundir import RunDir, atomic_write_table, claim_run_dir, remove_outputs
+from pipeline.core.parts import read_part, read_parts
+from pipeline.core.rundir import RunDir, atomic_write_ipc, claim_run_dir, remove_outputs
 from pipeline.core.stage import StageResult, timed
 from pipeline.render.masks import (
     TEMPLATE_ERROR,
@@ -202,20 +202,19 @@ def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarra
             _list_array([enc.masks[i] for i in idx], pa.uint8()),
             _list_array([np.asarray(enc.segments[i], dtype=np.int32) for i in idx], pa.int32()),
         ], schema=ENCODED_SCHEMA)
-        # a work file read by mix and pack: lz4 without dictionaries (ids and masks gain nothing from one)
-        # wrote 200k conversations ~5 s faster than the default zstd, for ~40% more disk
-        paths.append(atomic_write_table(table, out_dir / f"part-{first_part + p:05d}.parquet", compression="lz4",
-                                        use_dictionary=False))
+        # a work file read whole by mix and pack: Arrow IPC (lz4) writes and reads ~20x faster than
+        # Parquet (40k conversations: 0.1 s against 2 s, read 0.06 s against 1.4 s), at about its size
+        paths.append(atomic_write_ipc(table, out_dir / f"part-{first_part + p:05d}.arrow"))
     return paths
 
 
 def read_encoded(run_dir: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """The encode stage's rows (all columns, or `columns`)."""
-    parts = sorted(RunDir.of(run_dir).stage_dir("encode").glob("part-*.parquet"))
+    parts = sorted(RunDir.of(run_dir).stage_dir("encode").glob("part-*.arrow"))
     if not parts:
         return pl.DataFrame(schema={k: v for k, v in pl.from_arrow(ENCODED_SCHEMA.empty_table()).schema.items()
                                     if columns is None or k in columns})
-    return pl.concat([pl.read_parquet(p, columns=columns) for p in parts])
+    return pl.concat([read_part(p, columns) for p in parts])
 
 
 #: inputs smaller than this are encoded in the stage's own process (a worker costs ~1 s to start)
@@ -331,7 +330,8 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         if parallel_chunks(cfg, df.height):
             rendered = None  # the workers render their own chunks: free the memory before they start
 
-        remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].parquet")
+        remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].parquet")  # written by earlier versions
+        remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].arrow")
         chunks = encode_chunks(df, cfg, tok, out_dir, rendered)
         del rendered
         phase("chunks")
