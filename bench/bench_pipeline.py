@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
     ap.add_argument("--repo", type=Path, default=REPO, help="the sftforge checkout to run")
+    ap.add_argument("--log", type=Path, default=None, help="write the run's output here, each line with its time")
     ap.add_argument("--cold-prefect", action="store_true",
                     help="time the first run in a new PREFECT_HOME (its database is created inside the timed run, "
                     "~15 s more) instead of a run in an existing one, as every run after a user's first is")
@@ -126,7 +127,7 @@ def main() -> None:
     log = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        log.append(line)
+        log.append(f"{time.perf_counter() - t0:7.1f}s {line}")
         if first_stage is None and re.search(r"ingest-|ingesting", line):
             first_stage = time.perf_counter() - t0
             current[0] = "ingest"
@@ -139,6 +140,8 @@ def main() -> None:
             current[0] = names[names.index(m.group(1)) + 1] if m.group(1) in names else m.group(1)
     rc = proc.wait()
     wall = time.perf_counter() - t0
+    if args.log:
+        args.log.write_text("".join(log))
     if rc != 0:
         sys.stdout.write("".join(log[-40:]))
         raise SystemExit(f"sftforge curate failed with status {rc}")

@@ -68,13 +68,15 @@ def repetition_signals(asst: pl.Series) -> pl.DataFrame:
     # counting distinct integers is much cheaper than distinct strings. Only the first 256 words
     # are used, so the regex only reads the first 4,000 characters.
     head = asst.str.slice(0, 4000).str.to_lowercase().str.extract_all(_WORD).list.head(256)
+    # A word's position in its answer: its index in the flat column less where the answer starts there
+    # (a window `over("_row")` did the same at ~3x the cost).
+    counts = head.list.len().fill_null(0).cast(pl.Int64)
     words = (
-        pl.DataFrame([rows, head.alias("w")])
+        pl.DataFrame([rows, head.alias("w"), (counts.cum_sum() - counts).alias("_start")])
         .explode("w")
         .drop_nulls("w")
-        .with_columns(pl.col("w").hash(seed=0))
+        .with_columns(pl.col("w").hash(seed=0), (pl.int_range(pl.len()) - pl.col("_start")).alias("pos"))
         .with_columns(
-            pl.int_range(pl.len()).over("_row").alias("pos"),
             # Word pairs never span two conversations.
             pl.when(pl.col("_row").shift(-1) == pl.col("_row"))
             .then(pl.col("w") * 1_000_003 + pl.col("w").shift(-1))
