@@ -15,6 +15,14 @@ adapters with the same rank, alpha, dropout and targets (all-linear: q/k/v/o/gat
 train on the same conversations and target tokens at the same lr. TRL runs with `peft_config`.
 Without TRL installed (`pip install trl`, in the bench extra) its variants are skipped.
 
+Which TRL configuration is best on a CPU depends on its version, printed first. Since TRL 1.15 the
+loss always goes through its fused LM head (`trl/kernels/chunked_logprob.py`), which is slow on a CPU,
+and packing is padding-free (one flattened sequence, so SDPA attends over the whole batch under a
+block mask): there `trl_lora_fp32` (padded batches, fp32) is TRL's fastest CPU configuration, and so
+it is with TRL 1.14.2, the last release before the fused head. To measure against another TRL without
+installing it, put its wheel's contents first on the path:
+`PYTHONPATH=/path/to/unpacked/trl-1.14.2 .venv/bin/python bench/bench_train.py --only sftforge_lora --only trl_lora_fp32`.
+
 Prints target tokens/s of each, the ratios, and the share of computed token slots that are padding.
 
     .venv/bin/python bench/bench_train.py [--records 1000] [--max-seq-len 1024] [--hidden 256 --layers 4]
