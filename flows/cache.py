@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -64,12 +65,18 @@ def _project_imports(name: str, seen: set[str]) -> None:
                 _project_imports(t, seen)
 
 
+#: CPython 3.11's ast.parse is not safe in concurrent threads ("SystemError: AST constructor recursion
+#: depth mismatch", seen when a Dask worker's threads computed cache keys at once): one at a time
+_PARSE_LOCK = threading.Lock()
+
+
 def code_version(*modules: str) -> str:
     """Hash of the source of the given modules and of every project module they import: editing the
     code a stage runs invalidates that stage's cache, editing an unrelated stage does not."""
     seen: set[str] = set()
-    for m in modules:
-        _project_imports(m, seen)
+    with _PARSE_LOCK:
+        for m in modules:
+            _project_imports(m, seen)
     return hash_files(sorted(f for m in seen if (f := _module_file(m)) is not None))[:16]
 
 

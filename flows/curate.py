@@ -68,7 +68,7 @@ def as_json(result: Any) -> Any:
 
 
 def _parts_of(result: Any) -> list[str]:
-    """The Parquet parts a stage handed on."""
+    """The part files (Parquet, or Arrow IPC for the encodings) a stage handed on."""
     parts = result.parts if hasattr(result, "parts") else result.get("parts", [])
     return [str(p) for p in parts]
 

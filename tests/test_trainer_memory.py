@@ -78,6 +78,16 @@ def test_head_loss_takes_the_frozen_path_only_for_a_frozen_head(monkeypatch: pyt
     assert used == [1]
 
 
+def test_frozen_head_chunks_are_cache_sized_but_never_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = []
+    monkeypatch.setattr(FrozenHeadLoss, "apply", lambda h, w, b, t, chunk: rows.append(chunk) or t.float())
+    h, t = torch.randn(3, 4, requires_grad=True), torch.zeros(3, dtype=torch.long)
+    for vocab, chunk in ((8192, 10_000), (20_000, 10_000), (150_000, 10_000), (150_000, 100)):
+        head_loss(torch.nn.Linear(4, vocab, bias=False).requires_grad_(False), h, t, chunk)
+    # 2^21 logits a chunk (256 rows at 8k), at least 256 rows, at most the memory chunk
+    assert rows == [256, 256, 256, 100]
+
+
 def test_chunk_size_keeps_logits_bounded() -> None:
     assert chunk_size(0, 151_936) == 441 and chunk_size(0, 8192) == 8192 and chunk_size(100, 151_936) == 100
     head = torch.nn.Linear(8, 50, bias=False)

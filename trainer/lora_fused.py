@@ -11,8 +11,9 @@ would. Same approach as Unsloth's fused LoRA kernels, in plain PyTorch.
 `fuse(peft_model)` swaps the forward of every peft `lora.Linear` for `fused_forward`, which takes this
 path only in the plain case (one active vanilla adapter, unmerged, an `nn.Linear` base, every tensor of
 one dtype, no autocast) and otherwise calls peft's own forward, so DoRA, QLoRA's 4-bit layers, mixed
-adapter batches, merging and bf16 autocast behave exactly as peft defines them. tests/test_lora.py
-checks outputs and gradients equal peft's.
+adapter batches, merging and bf16 autocast behave exactly as peft defines them. tests/test_lora_fused.py
+checks outputs and gradients equal peft's. In practice the fused path is the fp32 one (the CPU, or
+`train.dtype = "float32"`): on CUDA the default bf16 autocast goes through peft.
 """
 
 from __future__ import annotations
@@ -76,13 +77,15 @@ def _plain(module: nn.Module, x: torch.Tensor) -> str | None:
         or type(base) is not nn.Linear
     ):
         return None
+    if getattr(module, "use_dora", {}).get(name) or name in getattr(module, "lora_magnitude_vector", {}):
+        return None  # DoRA, also in peft releases from before its variants
     if getattr(module, "lora_bias", {}).get(name) or getattr(module, "fan_in_fan_out", False):
         return None
     a, b = module.lora_A[name].weight, module.lora_B[name].weight
     if not (x.dtype == base.weight.dtype == a.dtype == b.dtype) or torch.is_autocast_enabled(x.device.type):
         return None
     if any(type(t) is not torch.Tensor and type(t) is not nn.Parameter for t in (base.weight, a, b)):
-        return None  # DTensor (FSDP) and other subclasses: peft's path
+        return None  # tensor subclasses (a DTensor, a quantized weight): peft's path
     return name
 
 

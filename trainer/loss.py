@@ -62,6 +62,9 @@ def chunked_head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tens
 
 #: rows of logits a frozen head computes at once (FrozenHeadLoss): chunk x vocab fp32 stays near the cache
 FROZEN_HEAD_CHUNK_ELEMENTS = 1 << 21
+#: ... but never fewer rows than this: each chunk reads the whole head weight twice, which for a
+#: 150k vocabulary at 13 rows a chunk would cost far more than the logits it saves
+FROZEN_HEAD_MIN_ROWS = 256
 
 
 class FrozenHeadLoss(torch.autograd.Function):
@@ -73,7 +76,8 @@ class FrozenHeadLoss(torch.autograd.Function):
     the matmul. What is kept for backward is that [N, hidden] gradient, never [N, vocab] logits; nothing
     is recomputed (chunked_head_loss recomputes each chunk's logits in backward), and the element-wise
     passes of log_softmax, nll and their backward (~10% of a small model's step) are gone.
-    Outside grad mode it is the plain loss. Equal to `_head_loss` within float rounding (tests).
+    `head_loss` takes it only with gradients on (outside them, and under torch.compile, the plain
+    loss). Equal to `_head_loss` within float rounding (tests).
     """
 
     @staticmethod
@@ -105,6 +109,8 @@ def frozen_head_ok(head: nn.Module, hidden: torch.Tensor) -> bool:
     no autocast (whose casts it would not repeat), one dtype."""
     if type(head) is not nn.Linear or head.weight.requires_grad or not torch.is_grad_enabled():
         return False
+    if torch.compiler.is_compiling():  # its loop over a varying number of targets would recompile
+        return False
     if head.bias is not None and head.bias.requires_grad:
         return False
     return hidden.dtype == head.weight.dtype and not torch.is_autocast_enabled(hidden.device.type)
@@ -113,7 +119,7 @@ def frozen_head_ok(head: nn.Module, hidden: torch.Tensor) -> bool:
 def head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """Per-target cross-entropy of head(hidden): FrozenHeadLoss when the head is frozen, else chunked_head_loss."""
     if frozen_head_ok(head, hidden):
-        rows = max(1, min(chunk, FROZEN_HEAD_CHUNK_ELEMENTS // max(1, head.weight.shape[0])))
+        rows = max(1, min(chunk, max(FROZEN_HEAD_MIN_ROWS, FROZEN_HEAD_CHUNK_ELEMENTS // max(1, head.weight.shape[0]))))
         return FrozenHeadLoss.apply(hidden, head.weight, head.bias, targets, rows)
     return chunked_head_loss(head, hidden, targets, chunk)
 

@@ -184,7 +184,7 @@ def _list_array(arrays: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
 
 def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarray, first_part: int = 0,
                   supervised: list[int] | None = None) -> list[Path]:
-    """The kept conversations' encodings as `out_dir/part-NNNNN.parquet`, numbered from `first_part`
+    """The kept conversations' encodings as `out_dir/part-NNNNN.arrow`, numbered from `first_part`
     (the caller removes earlier parts); `supervised`: each conversation's targets, if counted already."""
     sup = supervised if supervised is not None else [int(m.sum()) for m in enc.masks]
     cids = df.get_column("conversation_id").to_list()
