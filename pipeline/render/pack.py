@@ -212,7 +212,6 @@ def run_pack(run_dir: str | Path, cfg: Any) -> PackResult:
         train_idx = np.flatnonzero(~is_val)
         train_arr = np.repeat(train_idx, repeats[train_idx])  # each train conversation `repeat` times, in place
         val_arr = np.flatnonzero(is_val)
-        train_items, val_items = train_arr.tolist(), val_arr.tolist()
         # A conversation that template.reasoning = "split" made into several training examples is packed
         # as that many segments (each attends only to itself), all with its conversation_id.
         segments = _segments(df)
@@ -234,21 +233,20 @@ def run_pack(run_dir: str | Path, cfg: Any) -> PackResult:
                 "rows": len(rows), "segments": len(segs), "real_tokens": real, "row_capacity": len(rows) * cap,
                 "efficiency": real / (len(rows) * cap) if rows else 0.0,
             }
-        ntok = df.get_column("tokens").to_list()
-        sup = df.get_column("supervised").to_list()
-        train = df[train_items].select("source", "tier", "tokens", "supervised")
-        train_tokens = sum(ntok[i] for i in train_items)
-        train_sup = sum(sup[i] for i in train_items)
+        ntok = df.get_column("tokens").cast(pl.Int64).to_numpy()
+        sup = df.get_column("supervised").cast(pl.Int64).to_numpy()
+        train = df[train_arr].select("source", "tier", "tokens", "supervised")
+        train_tokens, train_sup = int(ntok[train_arr].sum()), int(sup[train_arr].sum())
         result.records_in = curated.height
-        result.records_out = len(set(train_items)) + len(val_items)
+        result.records_out = len(train_idx) + len(val_arr)
         result.parts = [str(rd.root / e["path"]) for e in entries]
         result.conversations = {
-            "written": result.records_out, "train_segments": len(train_items), "val": len(val_items),
+            "written": result.records_out, "train_segments": len(train_arr), "val": len(val_arr),
             "not_encoded": curated.height - df.height,
         }
         result.tokens = {
             "train": train_tokens, "train_supervised": train_sup,
-            "val": sum(ntok[i] for i in val_items), "val_supervised": sum(sup[i] for i in val_items),
+            "val": int(ntok[val_arr].sum()), "val_supervised": int(sup[val_arr].sum()),
             "supervised_share": train_sup / train_tokens if train_tokens else 0.0,
         }
         result.packing = packing
