@@ -10,9 +10,10 @@ refreshes the cache when they were deleted or rewritten.
 
 from __future__ import annotations
 
-import ast
+import io
 import json
-import threading
+import keyword
+import tokenize
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,34 +50,101 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _imports(source: str) -> list[str]:
+    """Absolute module names a source imports (`import a.b`, `from a.b import c` gives a.b and a.b.c).
+
+    Read with `tokenize`, not `ast`: CPython 3.11's `ast.parse` keeps its recursion depth in state shared
+    by all threads, so a parse in one thread while any other thread (ours or a library's) parses fails
+    with "SystemError: AST constructor recursion depth mismatch" (gh-106905; seen in CI with Dask).
+    Strings and comments are tokens of their own, so an `import` inside them is not read; `yield from`
+    and `raise ... from` are not followed by `import`, so they are not read either; relative imports
+    (`from . import x`) are skipped, like the project's absolute-only style.
+    """
+    toks = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+            if t.type not in (tokenize.COMMENT, tokenize.NL)]
+    out: list[str] = []
+
+    def dotted(i: int) -> tuple[str, int]:
+        parts = []
+        while i < len(toks) and toks[i].type == tokenize.NAME and not keyword.iskeyword(toks[i].string):
+            parts.append(toks[i].string)
+            if i + 1 < len(toks) and toks[i + 1].string == ".":
+                i += 2
+            else:
+                i += 1
+                break
+        return ".".join(parts), i
+
+    def names(i: int) -> tuple[list[str], int]:
+        """`a.b as x, c` or `(a as x, b,)` up to the end of the statement."""
+        found: list[str] = []
+        paren = i < len(toks) and toks[i].string == "("
+        i += paren
+        while i < len(toks):
+            t = toks[i]
+            if t.type == tokenize.NAME and t.string != "as":
+                name, i = dotted(i)
+                found.append(name)
+                if i < len(toks) and toks[i].string == "as":
+                    i += 2
+                continue
+            if t.string == ",":
+                i += 1
+                continue
+            if t.string == "*":
+                i += 1
+                continue
+            if paren and t.string == ")":
+                i += 1
+            break
+        return found, i
+
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        if t.type == tokenize.NAME and t.string == "import":
+            found, i = names(i + 1)
+            out.extend(found)
+            continue
+        if t.type == tokenize.NAME and t.string == "from" and i + 1 < len(toks):
+            j, relative = i + 1, False
+            while j < len(toks) and toks[j].string in (".", "..."):
+                j, relative = j + 1, True
+            module, j = dotted(j)
+            if j < len(toks) and toks[j].string == "import" and (module or relative):
+                found, i = names(j + 1)
+                if not relative:
+                    out.append(module)
+                    out.extend(f"{module}.{n}" for n in found)
+                continue
+        i += 1
+    return out
+
+
+#: what a source imports, by the hash of its text: the stages share most of their modules
+_IMPORTS_SEEN: dict[str, list[str]] = {}
+
+
 def _project_imports(name: str, seen: set[str]) -> None:
-    """Collect `name` and every project module it imports, transitively (read with ast, not imported)."""
+    """Collect `name` and every project module it imports, transitively (read, not imported)."""
     if name in seen or (f := _module_file(name)) is None:
         return
     seen.add(name)
-    for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-        targets: list[str] = []
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for t in targets:
-            if t.split(".")[0] in _PACKAGES:
-                _project_imports(t, seen)
-
-
-#: CPython 3.11's ast.parse is not safe in concurrent threads ("SystemError: AST constructor recursion
-#: depth mismatch", seen when a Dask worker's threads computed cache keys at once): one at a time
-_PARSE_LOCK = threading.Lock()
+    text = f.read_text(encoding="utf-8")
+    stamp = xxhash.xxh3_128_hexdigest(text.encode())
+    if (found := _IMPORTS_SEEN.get(stamp)) is None:
+        found = _IMPORTS_SEEN[stamp] = _imports(text)
+    for t in found:
+        if t.split(".")[0] in _PACKAGES:
+            _project_imports(t, seen)
 
 
 def code_version(*modules: str) -> str:
     """Hash of the source of the given modules and of every project module they import: editing the
     code a stage runs invalidates that stage's cache, editing an unrelated stage does not."""
     seen: set[str] = set()
-    with _PARSE_LOCK:
-        for m in modules:
-            _project_imports(m, seen)
+    for m in modules:
+        _project_imports(m, seen)
     return hash_files(sorted(f for m in seen if (f := _module_file(m)) is not None))[:16]
 
 
