@@ -59,6 +59,41 @@ def test_same_ids_and_byte_offsets_as_tokenizers(tok: Tokenizer, pieces: list[st
             assert fast.range(a, b) == ref.range(a, b), (text, a, b)
 
 
+_ROLES = ["system", "user", "assistant", "context", "tool"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.lists(st.one_of(st.sampled_from(["<|im_start|>", "<|im_end|>", "\n", " ", "'s"]),
+                       st.text(alphabet=st.sampled_from(list(SCRIPTS)), max_size=15)), max_size=8),
+    st.lists(st.tuples(st.sampled_from(_ROLES), st.integers(0, 200), st.integers(0, 200)), max_size=6),
+), min_size=1, max_size=6),
+    st.sampled_from(["all_assistant", "last_assistant"]), st.booleans())
+def test_batch_masks_equal_one_text_at_a_time(tok: Tokenizer, examples, train_on: str, on_prompt: bool) -> None:
+    """mask_batch (one searchsorted over the batch) gives each text the ids, mask and assistant-turn
+    ends that mask_one gives it alone, through byte offsets and through tokenizers' offsets; turns
+    may be empty, overlap, or hold multi-byte characters; texts may be empty."""
+    from pipeline.render.masks import MaskOptions, mask_batch, mask_one
+    from pipeline.render.templates import Rendered, Turn
+
+    fe, _ = fast_encoder(tok)
+    assert fe is not None
+    opts = MaskOptions(train_on=train_on, train_on_prompt=on_prompt)
+    rendered = []
+    for pieces, turns in examples:
+        text = "".join(pieces)
+        spans = [Turn(role, min(a, b, len(text)), min(max(a, b), len(text))) for role, a, b in turns]
+        rendered.append(Rendered(text, spans))
+    ids = fe.encode_batch([r.text for r in rendered], threads=1)
+    got = mask_batch(ids, rendered, fe.byte_len, opts)
+    for r, a, (g_ids, g_mask, g_ends) in zip(rendered, ids, got, strict=True):
+        for spans in (ByteSpans(a, fe.byte_len, r.text), TokenSpans(tok.encode(r.text, add_special_tokens=False))):
+            w_ids, w_mask, w_ends = mask_one(spans, r, opts)
+            assert g_ids.tolist() == w_ids.tolist()
+            assert g_mask.tolist() == w_mask.tolist(), (r, train_on, on_prompt)
+            assert g_ends == w_ends
+
+
 def test_batch_over_threads_is_in_order(tok: Tokenizer) -> None:
     fe, _ = fast_encoder(tok)
     texts = _corpus(300)

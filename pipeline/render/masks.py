@@ -174,16 +174,89 @@ def mask_one(spans: Spans, rendered: Rendered, opts: MaskOptions) -> tuple[np.nd
     return ids, mask, ends
 
 
+def _turn_targets(turns: Sequence[Turn], opts: MaskOptions) -> list[bool]:
+    """Per turn, whether it is a target: `target_turns` as flags."""
+    last = -1
+    if opts.train_on == "last_assistant":
+        last = max((k for k, t in enumerate(turns) if t.role == "assistant"), default=-1)
+    return [t.end > t.start and (
+        (t.role == "assistant" and (last < 0 or k == last)) or (opts.train_on_prompt and t.role != "assistant"))
+        for k, t in enumerate(turns)]
+
+
+def mask_batch(ids: list[np.ndarray], rendered: Sequence[Rendered], byte_len: np.ndarray, opts: MaskOptions
+               ) -> list[tuple[np.ndarray, np.ndarray, list[int]]]:
+    """`mask_one` of many byte-level encodings at once (pipeline.render.fastbpe): the same ids, masks
+    and assistant-turn ends, from one searchsorted over the batch's tokens instead of one per turn.
+
+    Token k of the batch covers bytes [ends[k] - len[k], ends[k]) of the texts laid end to end; every
+    token has at least one byte, so a span of text j finds only text j's tokens, exactly the tokens
+    `ByteSpans.range` finds in text j alone. The masks and ids returned are views of two arrays.
+    """
+    counts = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
+    tok_off = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=tok_off[1:])
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    lens = byte_len[flat]
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    texts = [r.text for r in rendered]
+    asc = [t.isascii() for t in texts]
+    text_bytes = np.fromiter((len(t) if a else len(t.encode("utf-8")) for t, a in zip(texts, asc, strict=True)),
+                             dtype=np.int64, count=len(texts))
+    byte_off = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(text_bytes, out=byte_off[1:])
+    covered = np.concatenate([[0], ends])[tok_off]
+    if not np.array_equal(covered, byte_off):
+        j = int(np.flatnonzero(covered != byte_off)[0]) - 1
+        raise AssertionError(f"byte-level ids cover {int(covered[j + 1] - covered[j])} bytes of a "
+                             f"{int(text_bytes[j])}-byte text")
+    qs: list[int] = []
+    qe: list[int] = []
+    tgt: list[bool] = []
+    for j, r in enumerate(rendered):
+        off, text = int(byte_off[j]), texts[j]
+        tgt += _turn_targets(r.turns, opts)
+        if asc[j]:
+            for t in r.turns:
+                qs.append(off + t.start)
+                qe.append(off + t.end)
+        else:
+            for t in r.turns:
+                qs.append(off + len(text[: t.start].encode("utf-8")))
+                qe.append(off + len(text[: t.end].encode("utf-8")))
+    q0, q1 = np.asarray(qs, dtype=np.int64), np.asarray(qe, dtype=np.int64)
+    first = np.searchsorted(ends, q0, "right")
+    last = np.searchsorted(starts, q1, "left")
+    found = (q1 > q0) & (first < last)
+    on = found & np.asarray(tgt, dtype=bool)
+    edges = np.zeros(len(flat) + 1, dtype=np.int32)
+    np.add.at(edges, first[on], 1)
+    np.add.at(edges, last[on], -1)
+    mask = (np.cumsum(edges[:-1]) > 0).astype(np.uint8)
+    mask[tok_off[:-1][counts > 0]] = 0  # the first token of a segment is never a target
+    turn_end = np.where(found, last - np.repeat(tok_off[:-1], [len(r.turns) for r in rendered]), 0).tolist()
+    out = []
+    k = 0
+    bounds = tok_off.tolist()
+    for j, r in enumerate(rendered):
+        a, b = bounds[j], bounds[j + 1]
+        out.append((flat[a:b], mask[a:b], [turn_end[k + i] for i, t in enumerate(r.turns) if t.role == "assistant"]))
+        k += len(r.turns)
+    return out
+
+
 def _tools_at(tools: Sequence[object] | None, i: int) -> object:
     return tools[i] if tools is not None else None
 
 
 def _mask_example(
-    msgs: Messages, rend: Rendered, spans: Spans, opts: MaskOptions, specials: re.Pattern[str] | None,
-    limit: int | None,
+    msgs: Messages, masked: tuple[np.ndarray, np.ndarray, list[int]], opts: MaskOptions,
+    specials: re.Pattern[str] | None, limit: int | None,
 ) -> tuple[np.ndarray, np.ndarray, int, int, bool, str | None, str | None]:
-    """ids, mask, full tokens, full targets, truncated, reason, detail of one training example."""
-    ids, mask, ends = mask_one(spans, rend, opts)
+    """ids, mask, full tokens, full targets, truncated, reason, detail of one training example
+    (`masked`: its `mask_one`)."""
+    ids, mask, ends = masked
     n, sup = len(ids), int(mask.sum())
     reason = detail = None
     truncated = False
@@ -246,11 +319,12 @@ def encode_conversations(
         flat = [r for rs in rendered_batch for r in rs]
         texts = [r.text for r in flat]
         if fe is not None:
-            encs = iter([ByteSpans(ids, fe.byte_len, t) for ids, t in zip(fe.encode_batch(texts), texts, strict=True)])
+            masked = iter(mask_batch(fe.encode_batch(texts), flat, fe.byte_len, opts))
         else:
-            encs = iter([TokenSpans(e) for e in tok.encode_batch(texts, add_special_tokens=False)])
+            masked = iter([mask_one(TokenSpans(e), r, opts)
+                           for e, r in zip(tok.encode_batch(texts, add_special_tokens=False), flat, strict=True)])
         for msgs, rends, error in zip(batch, rendered_batch, errors, strict=True):
-            parts = [_mask_example(msgs, r, next(encs), opts, specials, limit) for r in rends]
+            parts = [_mask_example(msgs, next(masked), opts, specials, limit) for _ in rends]
             reason = TEMPLATE_ERROR if error is not None else next((p[5] for p in parts if p[5]), None)
             detail = error if error is not None else next((p[6] for p in parts if p[5]), None)
             truncated = any(p[4] for p in parts)
