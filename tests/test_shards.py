@@ -211,9 +211,12 @@ def test_the_bpe_learns_from_a_bounded_even_sample() -> None:
     assert sum(map(len, sample)) <= 200 and len(sample) == 20 and sample[:2] == [texts[0], texts[5]]
 
 
-def test_encoding_in_worker_chunks_gives_the_same_shards_ledger_and_counts(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("train_max_chars", [None, 3_000])
+def test_encoding_in_worker_chunks_gives_the_same_shards_ledger_and_counts(tmp_path, monkeypatch,
+                                                                          train_max_chars) -> None:
     """tokenizer.workers: chunks encoded in spawned processes write the same shards, the same drops
-    and the same counts as one process, whatever the chunking."""
+    and the same counts as one process, whatever the chunking; the tokenizer trained on a sample
+    of the texts the chunks rendered is the one trained on the same sample in one process."""
     from pipeline.render import encode
 
     too_long = [{"role": "user", "content": "w " * 400}, {"role": "assistant", "content": "x"}]
@@ -222,6 +225,8 @@ def test_encoding_in_worker_chunks_gives_the_same_shards_ledger_and_counts(tmp_p
     one, cfg_one = make_run(tmp_path / "one", recs, **sections)
     two, cfg_two = make_run(tmp_path / "two", recs, **sections)
     cfg_two.tokenizer.workers = 3
+    if train_max_chars:  # below the config's floor: a sample of these few texts
+        cfg_one.tokenizer.train_max_chars = cfg_two.tokenizer.train_max_chars = train_max_chars
     r1, _ = run_tokenize(one, cfg_one)
     monkeypatch.setattr(encode, "_PARALLEL_MIN_ROWS", 10)
     r2, _ = run_tokenize(two, cfg_two)
@@ -230,6 +235,9 @@ def test_encoding_in_worker_chunks_gives_the_same_shards_ledger_and_counts(tmp_p
     keep = ("records_in", "records_out", "dropped", "truncation", "dropped_tokens", "length_histogram",
             "supervised_histogram", "self_check", "reasoning", "tool_conversations")
     assert {k: getattr(r1, k) for k in keep} == {k: getattr(r2, k) for k in keep}
+    assert r1.tokenizer == r2.tokenizer
+    n, of = map(int, r2.tokenizer["trained_on"].split(" conversations")[0].split(" of "))
+    assert of == 91 and (n < of if train_max_chars else n == of)
     assert r1.dropped["tokenize.too_long"] >= 1 and r2.self_check["checked"] == r2.records_out
     assert read_ledger(one).drop("run_id", strict=False).sort("origin").equals(
         read_ledger(two).drop("run_id", strict=False).sort("origin"))

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
 from pipeline.core.parts import read_part, read_parts
+from pipeline.core.procpool import Actors
 from pipeline.core.rundir import RunDir, atomic_write_ipc, claim_run_dir, remove_outputs
 from pipeline.core.stage import StageResult, timed
 from pipeline.render.masks import (
@@ -109,24 +110,33 @@ def tools_column(df: pl.DataFrame) -> list[object] | None:
     return df.get_column("tools").to_list() if "tools" in df.columns else None
 
 
-def training_sample(texts: list[str], max_chars: int) -> list[str]:
-    """All texts when they fit in `max_chars`, else every k-th text (an even, deterministic sample:
-    the texts come in conversation_id order, a hash order) until the budget is spent."""
-    total = sum(map(len, texts))
+def sample_indices(lengths: list[int], max_chars: int) -> list[int] | None:
+    """Which texts (by their lengths) the tokenizer trains on: None for all when they fit in
+    `max_chars`, else every k-th text (an even, deterministic sample: the texts come in
+    conversation_id order, a hash order) until the budget is spent."""
+    total = sum(lengths)
     if total <= max_chars:
-        return texts
+        return None
     step = total / max_chars
     out, used = [], 0
-    for i in range(0, len(texts), max(1, int(step))):
-        if used + len(texts[i]) > max_chars:
+    for i in range(0, len(lengths), max(1, int(step))):
+        if used + lengths[i] > max_chars:
             break
-        out.append(texts[i])
-        used += len(texts[i])
+        out.append(i)
+        used += lengths[i]
     return out
 
 
-def resolve_tokenizer(run_dir: Path, cfg: Any, template: ChatTemplate, texts: list[str]) -> tuple[Tokenizer, dict]:
-    """The run's tokenizer: the given one, or the embedded BPE trained on `texts` (cached by content)."""
+def training_sample(texts: list[str], max_chars: int) -> list[str]:
+    """The texts `sample_indices` picks (all of `texts` itself when they fit)."""
+    idx = sample_indices([len(t) for t in texts], max_chars)
+    return texts if idx is None else [texts[i] for i in idx]
+
+
+def resolve_tokenizer(run_dir: Path, cfg: Any, template: ChatTemplate, sample: list[str] | None = None,
+                      rendered: int = 0) -> tuple[Tokenizer, dict]:
+    """The run's tokenizer: the given one, or the embedded BPE trained on `sample` (the texts
+    `sample_indices` picked of the `rendered` ones; cached by content)."""
     info: dict[str, Any] = {}
     if cfg.tokenizer.path is not None:
         tok = load_tokenizer(cfg.tokenizer.path)
@@ -142,11 +152,11 @@ def resolve_tokenizer(run_dir: Path, cfg: Any, template: ChatTemplate, texts: li
                 "encode: the model's own tokenizer (%s) and %s, as model.path is set", model_path, info["template"]
             )
     else:
+        sample = sample or []
         cache = cfg.tokenizer.cache_dir or RunDir.of(run_dir).stage_dir("encode") / "cache"
-        sample = training_sample(texts, cfg.tokenizer.train_max_chars)
         tok, key, hit = cached_bpe(sample, template, cache, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
         info.update(kind="trained", key=key, cache_hit=hit,
-                    trained_on=f"{len(sample)} of {len(texts)} conversations ({sum(map(len, sample)):,} characters)")
+                    trained_on=f"{len(sample)} of {rendered} conversations ({sum(map(len, sample)):,} characters)")
     info["added_special_tokens"] = ensure_special_tokens(tok, template)
     return tok, info
 
@@ -270,32 +280,93 @@ def encode_chunk(df: pl.DataFrame, cfg: Any, tok: Tokenizer, out_dir: Path, chun
                        (len(with_reasoning), examples), with_tools)
 
 
-def _chunk_worker(args: tuple[pl.DataFrame, Any, str, str, int, float]) -> ChunkResult:
-    df, cfg, tok_json, out_dir, chunk, share = args
-    return encode_chunk(df, cfg, Tokenizer.from_str(tok_json), Path(out_dir), chunk, share)
-
-
 def parallel_chunks(cfg: Any, rows: int) -> int:
     """How many worker processes encode `rows` conversations (0: the stage's own process does)."""
     workers = getattr(cfg.tokenizer, "workers", 1)
     return workers if workers > 1 and rows >= _PARALLEL_MIN_ROWS else 0
 
 
-def encode_chunks(df: pl.DataFrame, cfg: Any, tok: Tokenizer, out_dir: Path,
-                  rendered: tuple[list[list[Rendered]], list[str | None]] | None = None) -> list[ChunkResult]:
-    """encode_chunk over contiguous chunks of `df`, in tokenizer.workers processes when it is large
-    (`rendered`: all of df's conversations rendered, used when they are encoded here)."""
+class ChunkEncoder:
+    """One chunk of the stage's conversations (contiguous rows of its frame), rendered once, in a
+    worker process of its own when the stage runs several (pipeline.core.procpool.Actors):
+
+    1. `load(rows, share)`: its rows (a frame, or an Arrow IPC file the stage wrote for it: written
+       and read in a fraction of the time pickling takes), and its share of the stage's rows;
+    2. `render()`: render every conversation; the lengths of the texts (training examples, in order);
+    3. `texts(indices)`: the texts the stage's tokenizer trains on (pipeline.render.encode.sample_indices);
+    4. `encode(tokenizer_json)`: encode what it rendered (or render now, when 2. did not run), mask,
+       self-check and write its parts (`encode_chunk`).
+    """
+
+    def __init__(self, cfg: Any, out_dir: str, chunk: int) -> None:
+        self.cfg, self.out_dir, self.chunk = cfg, Path(out_dir), chunk
+        self.df = pl.DataFrame()
+        self.share = 1.0
+        self.rendered: tuple[list[list[Rendered]], list[str | None]] | None = None
+
+    def load(self, rows: pl.DataFrame | str, share: float) -> None:
+        self.df = rows if isinstance(rows, pl.DataFrame) else pl.read_ipc(rows)
+        self.share = share
+
+    def render(self) -> list[int]:
+        self.rendered = render_all(template_of(self.cfg), self.df.get_column("messages").to_list(),
+                                   tools_column(self.df), mask_options(self.cfg).reasoning)
+        return [len(r.text) for rs in self.rendered[0] for r in rs]
+
+    def texts(self, indices: list[int]) -> list[str]:
+        assert self.rendered is not None, "render() first"
+        flat = [r.text for rs in self.rendered[0] for r in rs]
+        return [flat[i] for i in indices]
+
+    def encode(self, tok_json: str) -> ChunkResult:
+        rendered, self.rendered = self.rendered, None
+        return encode_chunk(self.df, self.cfg, Tokenizer.from_str(tok_json), self.out_dir, self.chunk, self.share,
+                            rendered)
+
+
+#: the columns a chunk reads
+CHUNK_COLUMNS = ("conversation_id", "origin", "messages", "tools")
+
+
+def start_chunks(df: pl.DataFrame, cfg: Any, out_dir: Path) -> Actors:
+    """`ChunkEncoder`s over contiguous chunks of `df`, loaded: one per worker process, or one here
+    when the input is small (`parallel_chunks`). Each worker's rows go through an uncompressed Arrow
+    IPC file in `out_dir` (0.2 s where pickling takes 0.9), written while the workers start and
+    removed once they are read."""
     workers = parallel_chunks(cfg, df.height)
     if not workers:
-        return [encode_chunk(df, cfg, tok, out_dir, 0, 1.0, rendered)]
-    from pipeline.core.procpool import pool_map
-
+        actors = Actors(ChunkEncoder, [(cfg, str(out_dir), 0)], 0, what="encode: chunks")
+        actors.call("load", [(df, 1.0)])
+        return actors
     step = -(-df.height // workers)
-    tok_json = tok.to_str()
-    # polars slices are views here and travel as Arrow: only the chunk being handed over is copied
-    tasks = [(df.slice(r0, step), cfg, tok_json, str(out_dir), k, min(step, df.height - r0) / df.height)
-             for k, r0 in enumerate(range(0, df.height, step))]
-    return pool_map(_chunk_worker, tasks, workers, what="encode: chunks")
+    starts = list(range(0, df.height, step))
+    actors = Actors(ChunkEncoder, [(cfg, str(out_dir), k) for k in range(len(starts))], workers,
+                    what="encode: chunks")
+    files = [out_dir / f".chunk-{k:03d}.arrow" for k in range(len(starts))]
+    try:
+        cols = [c for c in CHUNK_COLUMNS if c in df.columns]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f, r0 in zip(files, starts, strict=True):
+            df.slice(r0, step).select(cols).write_ipc(f, compression="uncompressed")
+        actors.call("load", [(str(f), min(step, df.height - r0) / df.height)
+                             for f, r0 in zip(files, starts, strict=True)])
+    except BaseException:
+        actors.close(abort=True)
+        raise
+    finally:
+        for f in files:
+            f.unlink(missing_ok=True)
+    return actors
+
+
+def _sample_of_chunks(actors: Any, lengths: list[list[int]], max_chars: int) -> list[str]:
+    """The tokenizer's training texts, fetched from the chunks that rendered them (in text order)."""
+    flat = [n for ls in lengths for n in ls]
+    idx = sample_indices(flat, max_chars)
+    starts = np.cumsum([0] + [len(ls) for ls in lengths]).tolist()
+    wanted = [list(range(len(ls))) if idx is None else [i - s for i in idx if s <= i < s + len(ls)]
+              for s, ls in zip(starts[:-1], lengths, strict=True)]
+    return [t for texts in actors.call("texts", [(w,) for w in wanted]) for t in texts]
 
 
 def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeResult:
@@ -315,25 +386,24 @@ def run_encode(in_paths: list[Path], run_dir: str | Path, cfg: Any) -> EncodeRes
         df = read_parts([Path(p) for p in in_paths]).sort("conversation_id", "origin")
         template = template_of(cfg)
         opts = mask_options(cfg)
-        # The trained tokenizer learns from all rendered texts (or a sample of them): rendered here, once,
-        # and again by the chunks that encode them in worker processes (a few seconds).
         phase("read")
-        rendered = None
-        texts: list[str] = []
-        if cfg.tokenizer.path is None:
-            rendered = render_all(template, df.get_column("messages").to_list(), tools_column(df), opts.reasoning)
-            texts = [r.text for rs in rendered[0] for r in rs]
-            phase("render")
-        tok, tok_info = resolve_tokenizer(rd.root, cfg, template, texts)
-        phase("tokenizer")
-        del texts
-        if parallel_chunks(cfg, df.height):
-            rendered = None  # the workers render their own chunks: free the memory before they start
-
         remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].parquet")  # written by earlier versions
         remove_outputs(out_dir, "part-[0-9][0-9][0-9][0-9][0-9].arrow")
-        chunks = encode_chunks(df, cfg, tok, out_dir, rendered)
-        del rendered
+        # Each chunk renders its conversations once, in its own process when there are several; the
+        # trained tokenizer learns from a sample of those texts, fetched from the chunks, which then
+        # encode what they rendered.
+        with start_chunks(df, cfg, out_dir) as actors:
+            if cfg.tokenizer.path is None:
+                lengths = actors.call("render")
+                phase("render")
+                sample = _sample_of_chunks(actors, lengths, cfg.tokenizer.train_max_chars)
+                tok, tok_info = resolve_tokenizer(rd.root, cfg, template, sample, sum(map(len, lengths)))
+                del sample
+            else:
+                tok, tok_info = resolve_tokenizer(rd.root, cfg, template)
+            phase("tokenizer")
+            tok_json = tok.to_str()
+            chunks = actors.call("encode", [(tok_json,)] * actors.size)
         phase("chunks")
         result.tool_conversations = sum(c.tool_conversations for c in chunks)
         result.reasoning = {
