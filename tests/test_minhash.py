@@ -104,3 +104,59 @@ def test_owners_is_numpy_repeat_of_the_document_index() -> None:
     for _ in range(300):
         lens = rng.integers(0, 4, rng.integers(0, 30))
         assert np.array_equal(owners(lens), np.repeat(np.arange(len(lens)), lens))
+
+
+def test_ranges_is_concatenated_aranges() -> None:
+    from pipeline.core.textnorm import ranges
+
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        counts = rng.integers(0, 4, rng.integers(0, 30))
+        starts = np.sort(rng.integers(0, 100, len(counts)))
+        want = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts, strict=True)] + [np.zeros(0)])
+        assert np.array_equal(ranges(starts, counts), want.astype(np.int64))
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_fold_ngrams_equals_a_scalar_fold_per_document(bits: int) -> None:
+    """Every n-gram's hash is the scalar fold of its n words (of all its words for a short document
+    with `short`), with its document and start position, in document order; any n."""
+    from pipeline.core.textnorm import WORD_SEED, fold_ngrams
+
+    mask = (1 << bits) - 1
+    mix = _mix32 if bits == 32 else _mix64
+    rng = np.random.default_rng(bits)
+    for _ in range(60):
+        lens = rng.integers(0, 9, rng.integers(0, 12)).astype(np.int64)
+        fh = rng.integers(0, 1 << bits, int(lens.sum()), dtype=np.uint64).astype(np.uint32 if bits == 32 else np.uint64)
+        for n in (1, 2, 3, 5):
+            for short in (True, False):
+                want_h, want_doc, want_at = [], [], []
+                start = 0
+                for d, m in enumerate(lens.tolist()):
+                    grams = [(p, n) for p in range(m - n + 1)] or ([(0, m)] if short and m else [])
+                    for p, k in grams:
+                        h = WORD_SEED
+                        for w in fh[start + p : start + p + k].tolist():
+                            h = mix((h * 31 + w) & mask)
+                        want_h.append(h)
+                        want_doc.append(d)
+                        want_at.append(start + p)
+                    start += m
+                h, doc, at = fold_ngrams(fh, lens, n, short)
+                assert h.tolist() == want_h and doc.tolist() == want_doc and at.tolist() == want_at, (lens, n, short)
+
+
+def _mix32(h: int) -> int:
+    from pipeline.dedup.minhash import _mix32 as mix
+
+    return mix(h)
+
+
+def _mix64(h: int) -> int:
+    m = (1 << 64) - 1
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & m
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & m
+    return h ^ (h >> 33)
