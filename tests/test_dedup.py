@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -206,3 +207,48 @@ def test_empty_input(tmp_path: Path) -> None:
     stats = run_dedup(_write(empty_canonical(), tmp_path / "in.parquet"), tmp_path / "run", DedupConfig(workers=1))
     assert stats.records_out == 0 and read_ledger(tmp_path / "run").height == 0
     assert all(pl.read_parquet(p).height == 0 for p in stats.parts)
+
+
+@pytest.mark.parametrize("first_exchange", [True, False])
+def test_keys_and_signatures_in_worker_batches_give_the_same_run(tmp_path: Path, monkeypatch,
+                                                                 first_exchange: bool) -> None:
+    """dedup.workers: keys, hashes and signatures computed by workers in batches read from the parts
+    (one part empty, batches crossing no part) give the same kept rows, ledger, clusters and index
+    as one process; exact, near and first-exchange copies all occur."""
+    from pipeline.dedup import keyed as keyed_mod
+    from pipeline.dedup.keyed import key_frame, keyed_parts
+
+    base = text(90, 150)
+    rows = [conv(f"d:{i}", ["synthetic", "crowdsourced", "expert"][i % 3], "q", perturb(base, i % 4, i))
+            for i in range(40)]
+    rows += [conv(f"e:{i}", "synthetic", f"q{i}", text(100 + i)) for i in range(200)]
+    rows += [conv(f"x:{i}", "crowdsourced", f"q{i}", text(100 + i)) for i in range(0, 200, 7)]  # exact copies
+    rows += [conv(f"f:{i}", "expert", f"q{i}", text(100 + i), more=[("more", text(400 + i))]) for i in range(0, 200, 9)]
+    df = from_records(rows)
+    paths = [_write(df.slice(0, 150), tmp_path / "a.parquet")[0], _write(df.slice(0, 0), tmp_path / "b.parquet")[0],
+             _write(df.slice(150, 1000), tmp_path / "c.parquet")[0]]
+    cfg_one = DedupConfig(workers=1, first_exchange=first_exchange)
+    cfg_two = DedupConfig(workers=2, batch_rows=100, first_exchange=first_exchange)
+    monkeypatch.setattr(keyed_mod, "PARALLEL_MIN_ROWS", 10)
+
+    whole = key_frame(df, cfg_one)
+    batched = keyed_parts(paths, df, cfg_two)
+    assert batched.keys.equals(whole.keys)
+    for name in ("exact_hash", "prompt_hash", "first_hash"):
+        a, b = getattr(batched, name), getattr(whole, name)
+        assert (a is None and b is None) or a.equals(b)
+    assert np.array_equal(batched.sig, whole.sig) and np.array_equal(batched.opening_rows, whole.opening_rows)
+    assert (batched.opening_sig is None) == (whole.opening_sig is None)
+    if whole.opening_sig is not None:
+        assert np.array_equal(batched.opening_sig, whole.opening_sig)
+
+    outs = []
+    for name, cfg in (("one", cfg_one), ("two", cfg_two)):
+        stats = run_dedup(paths, tmp_path / name, cfg)
+        outs.append((pl.concat([pl.read_parquet(p) for p in stats.parts]), read_ledger(tmp_path / name),
+                     pl.read_parquet(tmp_path / name / "work/dedup/clusters.parquet"),
+                     *[pl.read_parquet(f) for f in sorted((tmp_path / name / "dedup_index").glob("*.parquet"))]))
+        reasons = set(read_ledger(tmp_path / name)["reason"])
+        assert {"dedup.exact", "dedup.near"} <= reasons
+    for x, y in zip(outs[0], outs[1], strict=True):
+        assert x.equals(y)

@@ -8,37 +8,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
-from pipeline.core.procpool import pool_map
 from pipeline.dedup.clusters import components, group_survivors
 from pipeline.dedup.index import PriorIndex
+from pipeline.dedup.keyed import Keyed
 from pipeline.dedup.lsh import LshStats, candidate_pairs, verify
-from pipeline.dedup.minhash import text_signatures
 from pipeline.dedup.verdicts import Verdicts
 from schemas.config_curation import DedupConfig
-
-_SIG_PARALLEL_MIN_ROWS = 20_000
-
-
-def signatures(texts: pl.Series, cfg: DedupConfig) -> np.ndarray:
-    """MinHash signatures of normalised texts with the configured settings, over up to cfg.workers
-    processes for large inputs."""
-    kw = {"ngram": cfg.ngram, "num_perm": cfg.num_perm, "seed": cfg.seed, "scheme": cfg.scheme, "hash": cfg.hash}
-    n = texts.len()
-    if cfg.workers <= 1 or n < _SIG_PARALLEL_MIN_ROWS:
-        return text_signatures(texts, **kw)
-    # Word hashing is a Python call per distinct word and the permutations are heavy numpy work:
-    # worth spreading over processes. Batches of dedup.batch_rows bound each worker's memory (a
-    # worker holding half of 200k conversations peaked at 2.4 GB); polars slices travel as Arrow.
-    chunks = [texts.slice(s, cfg.batch_rows) for s in range(0, n, cfg.batch_rows)]
-    parts = pool_map(_sig_worker, [(c, kw) for c in chunks], cfg.workers, what="dedup: MinHash signatures")
-    return np.vstack(parts)
-
-
-def _sig_worker(args: tuple[pl.Series, dict]) -> np.ndarray:
-    texts, kw = args
-    return text_signatures(texts, **kw)
 
 
 @dataclass
@@ -55,15 +31,17 @@ class Signed:
         return self.opening[np.searchsorted(self.openers, rows)]
 
 
-def sign(v: Verdicts, keys: pl.DataFrame, exchanges: np.ndarray, cfg: DedupConfig) -> Signed:
-    """Sign the alive rows' texts and, for the first-exchange rule, the openings of the alive longer
-    ones, in one pass."""
+def sign(v: Verdicts, keyed: Keyed, exchanges: np.ndarray, cfg: DedupConfig) -> Signed:
+    """The signatures of the alive rows (zeros for the others) and, for the first-exchange rule, of
+    the openings of the alive longer ones, from every row's (dedup.keyed)."""
+    assert keyed.sig is not None, "keyed without signatures"
     idx = v.alive_rows()
-    openers = v.alive_rows(exchanges > 1) if cfg.near and cfg.first_exchange else idx[:0]
-    both = signatures(pl.concat([keys["near_text"].gather(idx), keys["first_near"].gather(openers)]), cfg)
     rows = np.zeros((len(v.alive), cfg.num_perm), dtype=np.uint32)
-    rows[idx] = both[: len(idx)]
-    return Signed(rows, openers, both[len(idx) :])
+    rows[idx] = keyed.sig[idx]
+    openers = v.alive_rows(exchanges > 1) if cfg.near and cfg.first_exchange else idx[:0]
+    opening = (keyed.opening_sig[np.searchsorted(keyed.opening_rows, openers)] if len(openers)
+               else np.zeros((0, cfg.num_perm), dtype=np.uint32))
+    return Signed(rows, openers, opening)
 
 
 def near_rule(v: Verdicts, sig: np.ndarray, rank: np.ndarray, prior: PriorIndex, cfg: DedupConfig) -> tuple[int, LshStats]:

@@ -34,7 +34,7 @@ from pipeline.core.stage import StageResult
 from pipeline.dedup.clusters import cluster_counts, cluster_table, survivor_rank
 from pipeline.dedup.exact import equal_hash_rule, first_exchange_copies
 from pipeline.dedup.index import PriorIndex, load_prior, write_index
-from pipeline.dedup.keys import conversation_keys, hash_texts
+from pipeline.dedup.keyed import Keyed, key_frame, keyed_parts
 from pipeline.dedup.lsh import LshStats
 from pipeline.dedup.near import Signed, first_exchange_near, near_rule, sign
 from pipeline.dedup.verdicts import Verdicts, dropped_rows
@@ -50,6 +50,7 @@ class DedupResult(StageResult):
     Fields left None were not computed (the rule or the stage was off)."""
 
     prior_matches: dict[str, int] | None = None  # rule -> copies of what an earlier run kept
+    #: wall seconds of the keys, text hashes and MinHash signatures, computed together (dedup.keyed)
     signature_seconds: float | None = None
     lsh: LshStats | None = None
     clusters: int | None = None
@@ -76,20 +77,23 @@ class DedupSplit:
     stats: DedupResult  # parts empty, seconds of this call
 
 
-def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = None) -> DedupSplit:
+def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = None, keyed: Keyed | None = None,
+                ) -> DedupSplit:
     """Split a canonical frame into kept and dropped rows (see the module docstring for the rules).
+    `keyed`: its keys, hashes and signatures, if computed already (dedup.keyed.keyed_parts).
 
     Pure: the same input and config give the same output, whatever the input order of equal keys.
     """
     t0 = time.perf_counter()
     prior = prior or PriorIndex.empty(cfg.num_perm)
-    keys = conversation_keys(df)
+    t_keys = time.perf_counter()
+    if keyed is None:
+        keyed = key_frame(df, cfg)
+    key_seconds = round(time.perf_counter() - t_keys, 3)
+    keys = keyed.keys
     rank = survivor_rank(keys)
     exchanges = keys["exchanges"].to_numpy()
-    exact_hash = hash_texts(keys["exact_text"])
-    prompt_hash = hash_texts(keys["prompt_text"])
-    first_hash = hash_texts(keys["first_text"]) if cfg.exact and cfg.first_exchange else None
-    keys = keys.drop("exact_text", "prompt_text", "first_text")  # hashed: their memory goes (~1/4 GB per 100k)
+    exact_hash, prompt_hash, first_hash = keyed.exact_hash, keyed.prompt_hash, keyed.first_hash
     v = Verdicts.start(df.height)
     prior_matches: dict[str, int] = {}
     if cfg.exact:
@@ -99,14 +103,10 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
     # Signatures of what is alive now: for the near rules and for the index of later runs.
     sig = np.zeros((df.height, cfg.num_perm), dtype=np.uint32)
     signed: Signed | None = None
-    signature_seconds: float | None = None
     lsh: LshStats | None = None
     if cfg.near or cfg.write_index:
-        t_sig = time.perf_counter()
-        signed = sign(v, keys, exchanges, cfg)
+        signed = sign(v, keyed, exchanges, cfg)
         sig = signed.rows
-        signature_seconds = round(time.perf_counter() - t_sig, 3)
-    keys = keys.drop("near_text", "first_near")
     if cfg.near and signed is not None:
         prior_matches["near"], lsh = near_rule(v, sig, rank, prior, cfg)
         if cfg.first_exchange:
@@ -122,7 +122,7 @@ def deduplicate(df: pl.DataFrame, cfg: DedupConfig, prior: PriorIndex | None = N
     reasons = dropped["reason"].to_list()
     stats = DedupResult(
         stage="dedup", records_in=df.height, dropped={code: reasons.count(code) for code in REASONS},
-        prior_matches=prior_matches, signature_seconds=signature_seconds, lsh=lsh, records_out=int(len(kept_rows)),
+        prior_matches=prior_matches, signature_seconds=key_seconds if cfg.near or cfg.write_index else None, lsh=lsh, records_out=int(len(kept_rows)),
         clusters=n_clusters, largest_cluster=largest, cross_tier_clusters=cross_tier,
         seconds=round(time.perf_counter() - t0, 3),
     )
@@ -146,7 +146,15 @@ def run_dedup(in_paths: list[Path], run_dir: Path, cfg: DedupConfig, rows_per_pa
     rd = claim_run_dir(run_dir)
     out_dir = rd.stage_dir("dedup")
     df = read_parts([Path(p) for p in in_paths])
-    split = deduplicate(df, cfg, load_prior(cfg.prior_indexes, cfg)) if cfg.enabled else _switched_off(df)
+    if cfg.enabled:
+        t_keys = time.perf_counter()
+        keyed = keyed_parts([Path(p) for p in in_paths], df, cfg)
+        key_seconds = round(time.perf_counter() - t_keys, 3)
+        split = deduplicate(df, cfg, load_prior(cfg.prior_indexes, cfg), keyed)
+        if split.stats.signature_seconds is not None:
+            split.stats.signature_seconds = key_seconds
+    else:
+        split = _switched_off(df)
     parts = write_parts(split.kept, out_dir, rows_per_part)
     write_ledger_part(run_dir, "dedup", ledger_rows(
         split.dropped, stage="dedup", outcome="dropped", reason=pl.col("reason"), detail=pl.col("detail"),
