@@ -196,18 +196,21 @@ def write_encoded(out_dir: Path, df: pl.DataFrame, enc: Encoded, kept: np.ndarra
                   supervised: list[int] | None = None) -> list[Path]:
     """The kept conversations' encodings as `out_dir/part-NNNNN.arrow`, numbered from `first_part`
     (the caller removes earlier parts); `supervised`: each conversation's targets, if counted already."""
-    sup = supervised if supervised is not None else [int(m.sum()) for m in enc.masks]
-    cids = df.get_column("conversation_id").to_list()
-    origins = df.get_column("origin").to_list()
+    sup = np.asarray(supervised if supervised is not None else [int(m.sum()) for m in enc.masks], dtype=np.int64)
+    names = df.select("conversation_id", "origin").to_arrow()
+    tokens = np.fromiter((len(a) for a in enc.ids), dtype=np.int64, count=len(enc.ids))
+    truncated = np.asarray(enc.truncated, dtype=bool)
     paths = []
     for p, k0 in enumerate(range(0, max(len(kept), 1), PART_ROWS)):
-        idx = kept[k0 : k0 + PART_ROWS].tolist()
+        rows = kept[k0 : k0 + PART_ROWS]
+        idx = rows.tolist()
+        taken = names.take(pa.array(rows, pa.int64()))
         table = pa.Table.from_arrays([
-            pa.array([cids[i] for i in idx], pa.string()),
-            pa.array([origins[i] for i in idx], pa.string()),
-            pa.array([len(enc.ids[i]) for i in idx], pa.int64()),
-            pa.array([sup[i] for i in idx], pa.int64()),
-            pa.array([enc.truncated[i] for i in idx], pa.bool_()),
+            taken.column(0).combine_chunks().cast(pa.string()),
+            taken.column(1).combine_chunks().cast(pa.string()),
+            pa.array(tokens[rows], pa.int64()),
+            pa.array(sup[rows], pa.int64()),
+            pa.array(truncated[rows], pa.bool_()),
             _list_array([enc.ids[i] for i in idx], pa.int32()),
             _list_array([enc.masks[i] for i in idx], pa.uint8()),
             _list_array([np.asarray(enc.segments[i], dtype=np.int32) for i in idx], pa.int32()),
@@ -255,12 +258,14 @@ class ChunkResult:
 
 
 def encode_chunk(df: pl.DataFrame, cfg: Any, tok: Tokenizer, out_dir: Path, chunk: int, share: float,
-                 rendered: tuple[list[list[Rendered]], list[str | None]] | None = None) -> ChunkResult:
+                 rendered: tuple[list[list[Rendered]], list[str | None]] | None = None,
+                 msgs: list[Any] | None = None) -> ChunkResult:
     """Render (unless given), encode, mask, self-check and write one chunk of conversations (rows of
-    `df`, in order)."""
+    `df`, in order; `msgs`: its messages column as Python lists, if made already)."""
     template = template_of(cfg)
     opts = mask_options(cfg)
-    msgs = df.get_column("messages").to_list()
+    if msgs is None:
+        msgs = df.get_column("messages").to_list()
     tools = tools_column(df)
     if rendered is None:
         rendered = render_all(template, msgs, tools, opts.reasoning)
@@ -303,14 +308,16 @@ class ChunkEncoder:
         self.df = pl.DataFrame()
         self.share = 1.0
         self.rendered: tuple[list[list[Rendered]], list[str | None]] | None = None
+        self.msgs: list[Any] | None = None
 
     def load(self, rows: pl.DataFrame | str, share: float) -> None:
         self.df = rows if isinstance(rows, pl.DataFrame) else pl.read_ipc(rows)
         self.share = share
 
     def render(self) -> list[int]:
-        self.rendered = render_all(template_of(self.cfg), self.df.get_column("messages").to_list(),
-                                   tools_column(self.df), mask_options(self.cfg).reasoning)
+        self.msgs = self.df.get_column("messages").to_list()
+        self.rendered = render_all(template_of(self.cfg), self.msgs, tools_column(self.df),
+                                   mask_options(self.cfg).reasoning)
         return [len(r.text) for rs in self.rendered[0] for r in rs]
 
     def texts(self, indices: list[int]) -> list[str]:
@@ -319,9 +326,9 @@ class ChunkEncoder:
         return [flat[i] for i in indices]
 
     def encode(self, tok_json: str) -> ChunkResult:
-        rendered, self.rendered = self.rendered, None
+        (rendered, self.rendered), (msgs, self.msgs) = (self.rendered, None), (self.msgs, None)
         return encode_chunk(self.df, self.cfg, Tokenizer.from_str(tok_json), self.out_dir, self.chunk, self.share,
-                            rendered)
+                            rendered, msgs)
 
 
 #: the columns a chunk reads

@@ -262,10 +262,12 @@ def _mask_example(
     truncated = False
     # A control token written as text inside a message would be encoded as the control token
     # itself (an end-of-turn in the middle of a reply): such data cannot be trained on faithfully.
+    # one search over all fields first (a NUL is in no special token, so no match spans two fields)
     found = next(
         ((k, m, f) for k, m in enumerate(msgs) for f in (m.get("content"), m.get("reasoning"))
-         if specials and f and specials.search(f)), None,
-    )
+         if f and specials.search(f)), None,
+    ) if specials and specials.search("\0".join(f for m in msgs for f in (m.get("content"), m.get("reasoning"))
+                                                  if f)) else None
     if found is not None:
         k, m, f = found
         reason = SPECIAL_IN_CONTENT
