@@ -34,16 +34,19 @@ class LshStats:
     first_exchange_matches: int | None = None
 
 
-def candidate_pairs(sig: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray, LshStats]:
-    """Candidate pairs (i < j) of rows that agree on all values of at least one LSH band."""
+def candidate_pairs(sig: np.ndarray, cfg: DedupConfig, at: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, LshStats]:
+    """Candidate pairs (i < j) of rows that agree on all values of at least one LSH band; with `at`,
+    of the rows sig[at] (i and j index `at`), as if given that copy."""
     from datasketch.lsh import _optimal_param
 
     bands, rows = _optimal_param(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
-    n = sig.shape[0]
+    n = sig.shape[0] if at is None else len(at)
     pairs: list[np.ndarray] = []
     for band in range(bands):
         # A collision of two band keys merely adds a candidate, which verification removes.
-        block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        cols = sig[:, band * rows : (band + 1) * rows]
+        block = (cols if at is None else cols[at]).astype(np.uint64)
         key = np.zeros(n, dtype=np.uint64)
         for c in range(rows):
             key = (key ^ block[:, c]) * _MULT
@@ -81,9 +84,10 @@ def _bucket_pairs(key: np.ndarray, max_bucket: int) -> list[np.ndarray]:
     return out
 
 
-def verify(sig: np.ndarray, i: np.ndarray, j: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def verify(sig: np.ndarray, i: np.ndarray, j: np.ndarray, cfg: DedupConfig, at: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """(estimated Jaccard of each pair, whether it counts): with cfg.verify only pairs at or above
-    the threshold count, else every candidate does."""
-    est = estimated_jaccard(sig, i, j)
+    the threshold count, else every candidate does. `at` as in candidate_pairs."""
+    est = estimated_jaccard(sig, i, j) if at is None else estimated_jaccard(sig, at[i], at[j])
     ok = est >= cfg.threshold if cfg.verify else np.ones(len(i), dtype=bool)
     return est, ok

@@ -33,12 +33,12 @@ class Signed:
 
 def sign(v: Verdicts, keyed: Keyed, exchanges: np.ndarray, cfg: DedupConfig) -> Signed:
     """The signatures of the alive rows (zeros for the others) and, for the first-exchange rule, of
-    the openings of the alive longer ones, from every row's (dedup.keyed)."""
+    the openings of the alive longer ones, from every row's (dedup.keyed). The dead rows are zeroed
+    in `keyed.sig` itself: a copy of a 200k x 128 matrix costs seconds of fresh memory here."""
     assert keyed.sig is not None, "keyed without signatures"
-    idx = v.alive_rows()
-    rows = np.zeros((len(v.alive), cfg.num_perm), dtype=np.uint32)
-    rows[idx] = keyed.sig[idx]
-    openers = v.alive_rows(exchanges > 1) if cfg.near and cfg.first_exchange else idx[:0]
+    rows = keyed.sig
+    rows[~v.alive] = 0
+    openers = v.alive_rows(exchanges > 1) if cfg.near and cfg.first_exchange else np.zeros(0, dtype=np.int64)
     opening = (keyed.opening_sig[np.searchsorted(keyed.opening_rows, openers)] if len(openers)
                else np.zeros((0, cfg.num_perm), dtype=np.uint32))
     return Signed(rows, openers, opening)
@@ -51,9 +51,12 @@ def near_rule(v: Verdicts, sig: np.ndarray, rank: np.ndarray, prior: PriorIndex,
     t0 = time.perf_counter()
     idx = v.alive_rows()
     m = len(prior.sig_ids)
-    both = np.vstack([sig[idx], prior.signatures]) if m else sig[idx]
-    ci, cj, lsh = candidate_pairs(both, cfg)
-    _, ok = verify(both, ci, cj, cfg)
+    if m:
+        both, at = np.vstack([sig[idx], prior.signatures]), None
+    else:  # the alive rows of `sig` in place of a copy of them (fresh memory is slow)
+        both, at = sig, idx
+    ci, cj, lsh = candidate_pairs(both, cfg, at)
+    _, ok = verify(both, ci, cj, cfg, at)
     lsh.verified = int(ok.sum())
     lsh.rejected_false_positives = int((~ok).sum())
     comp = components(len(idx) + m, ci[ok], cj[ok])
@@ -64,7 +67,8 @@ def near_rule(v: Verdicts, sig: np.ndarray, rank: np.ndarray, prior: PriorIndex,
     for local, lead in enumerate(leaders[: len(idx)].tolist()):
         if local == lead:
             continue
-        jaccard = float((both[local] == both[lead]).mean())
+        a, b = (local, lead) if at is None else (at[local], at[lead])
+        jaccard = float((both[a] == both[b]).mean())
         if lead >= len(idx):
             v.drop(int(idx[local]), "dedup.near", prior=prior.sig_ids[lead - len(idx)], jaccard=jaccard)
             n_prior += 1
