@@ -76,8 +76,8 @@ class DedupConfig(BaseModel):
     write_index: bool = Field(
         default=True, description="write <run_dir>/dedup_index/ with the hashes and signatures of kept rows"
     )
-    workers: int = Field(default=2, ge=1, le=64, description="processes for signature computation")
-    batch_rows: int = Field(default=20_000, ge=100, description="rows per signature batch")
+    workers: int = Field(default=2, ge=1, le=64, description="processes computing the keys, text hashes and MinHash signatures")
+    batch_rows: int = Field(default=20_000, ge=100, description="rows per keys-and-signatures batch")
 
     @model_validator(mode="after")
     def _check(self) -> DedupConfig:
