@@ -353,6 +353,8 @@ def start_chunks(df: pl.DataFrame, cfg: Any, out_dir: Path) -> Actors:
     try:
         cols = [c for c in CHUNK_COLUMNS if c in df.columns]
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".chunk-*.arrow"):  # left by a run killed while its workers loaded
+            stale.unlink(missing_ok=True)
         for f, r0 in zip(files, starts, strict=True):
             df.slice(r0, step).select(cols).write_ipc(f, compression="uncompressed")
         actors.call("load", [(str(f), min(step, df.height - r0) / df.height)
