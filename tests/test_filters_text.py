@@ -136,3 +136,22 @@ def test_refusal_spares_identity_answers_but_not_refusals() -> None:
     check("refusal", [("Who are you? Also write my essay.",
                        "I'm sorry, but I cannot fulfill this request as it goes against my programming."),
                       ("What is your favourite food?", "As an AI language model, I do not have personal opinions.")])
+
+
+def test_repetition_signals_by_groups_of_documents_equal_one_call(monkeypatch) -> None:
+    """The repetition filter computes its n-gram signals over groups of documents (small arrays):
+    each document's values are those of one call over all documents, for any group size."""
+    import numpy as np
+
+    from pipeline.quality.filters import repetition as rep
+
+    rng = np.random.default_rng(5)
+    lens = rng.integers(1, 60, 300)
+    fh = rng.integers(0, 12, int(lens.sum())).astype(np.uint64)  # few distinct words: many repeats
+    wchars = rng.integers(1, 9, int(lens.sum())).astype(np.uint32)
+    for n in (2, 3, 5, 10):
+        whole = rep._ngram_fracs(fh, lens, wchars, n)
+        for max_words in (1, 37, 500, 10_000):
+            monkeypatch.setattr(rep, "_MAX_WORDS", max_words)
+            got = rep._ngram_fracs_by_docs(fh, lens, wchars, n)
+            assert np.array_equal(got[0], whole[0]) and np.array_equal(got[1], whole[1]), (n, max_words)
