@@ -12,11 +12,21 @@ from pipeline.core.rundir import atomic_write_parquet, remove_outputs
 PART_PATTERN = "part-[0-9][0-9][0-9][0-9][0-9].parquet"
 
 
-def read_part(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """One part file, Parquet or Arrow IPC (by its suffix); all columns or `columns`."""
-    if Path(path).suffix == ".arrow":
-        return pl.read_ipc(path, columns=columns)
-    return pl.read_parquet(path, columns=columns)
+def read_part(path: str | Path, columns: list[str] | None = None, offset: int = 0, length: int | None = None
+              ) -> pl.DataFrame:
+    """One part file, Parquet or Arrow IPC (by its suffix); all columns or `columns`; with `offset`
+    / `length`, only those rows (a worker's batch of a part, read without the rest of it)."""
+    ipc = Path(path).suffix == ".arrow"
+    if not offset and length is None:
+        return pl.read_ipc(path, columns=columns) if ipc else pl.read_parquet(path, columns=columns)
+    scan = pl.scan_ipc(path) if ipc else pl.scan_parquet(path)
+    return (scan if columns is None else scan.select(columns)).slice(offset, length).collect()
+
+
+def part_rows(path: str | Path) -> int:
+    """How many rows a part file holds (from its metadata where the format has it)."""
+    scan = pl.scan_ipc(path) if Path(path).suffix == ".arrow" else pl.scan_parquet(path)
+    return int(scan.select(pl.len()).collect().item())
 
 
 def read_parts(in_paths: list[Path]) -> pl.DataFrame:

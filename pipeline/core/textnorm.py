@@ -120,14 +120,9 @@ _FMIX = {
 
 def fmix(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's finaliser for uint32 or uint64 arrays (uint32 is also what datasketch applies
-    before affine32 permutations); multiplication wraps, as intended."""
-    t = h.dtype.type
-    s1, m1, s2, m2, s3 = (t(c) for c in _FMIX[h.dtype.itemsize * 8])
-    h = h ^ (h >> s1)
-    h = h * m1
-    h = h ^ (h >> s2)
-    h = h * m2
-    return h ^ (h >> s3)
+    before affine32 permutations); multiplication wraps, as intended. A new array (`fmix_`: in place)."""
+    out = np.array(h, copy=True)
+    return fmix_(out, np.empty_like(out))
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -187,29 +182,9 @@ def fmix_(h: np.ndarray, tmp: np.ndarray) -> np.ndarray:
 
 
 #: Elements per block of the in-place hash loops: their vectors stay in cache, and no array as long
-#: as the input is made per step (fresh memory is slow to fault in: `_fold` on 5M words took 0.5 s
+#: as the input is made per step (fresh memory is slow to fault in: folding 5M words took 0.5 s
 #: with whole-column temporaries, 0.04 s by blocks).
 _BLOCK = 1 << 15
-
-
-def _fold(fh: np.ndarray, n: int) -> np.ndarray:
-    """h_p = fold of the n word hashes starting at every flat position p (positions whose n-gram
-    runs past the end of the column read zeros; callers drop them)."""
-    dtype = fh.dtype.type
-    total = len(fh)
-    padded = np.concatenate([fh, np.zeros(n, dtype=dtype)])
-    out = np.empty(total, dtype=dtype)
-    tmp = np.empty(min(_BLOCK, total), dtype=dtype)
-    mult = dtype(31)
-    for c0 in range(0, total, _BLOCK):
-        c1 = min(c0 + _BLOCK, total)
-        h, t = out[c0:c1], tmp[: c1 - c0]
-        h.fill(WORD_SEED)
-        for i in range(n):
-            np.multiply(h, mult, out=h)
-            np.add(h, padded[c0 + i : c1 + i], out=h)
-            fmix_(h, t)
-    return out
 
 
 def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -85,19 +85,14 @@ def _keyed_task(args: tuple[str, int, int, str]) -> Keyed:
     path, offset, length, cfg_json = args
     from pipeline.core.parts import read_part
 
-    cfg = DedupConfig.model_validate_json(cfg_json)
-    if Path(path).suffix == ".parquet":
-        df = pl.scan_parquet(path).select(KEY_INPUT).slice(offset, length).collect()
-    else:
-        df = read_part(path, list(KEY_INPUT)).slice(offset, length)
-    return key_frame(df, cfg)
+    return key_frame(read_part(path, list(KEY_INPUT), offset, length), DedupConfig.model_validate_json(cfg_json))
 
 
 def keyed_parts(in_paths: list[Path], df: pl.DataFrame, cfg: DedupConfig) -> Keyed:
     """`key_frame` of `df`, the concatenation of the parts `in_paths` (read_parts): over
     `dedup.workers` processes in batches of `dedup.batch_rows` rows when it is large, each batch
     read from its part by the worker."""
-    from pipeline.core.parts import read_part
+    from pipeline.core.parts import part_rows
     from pipeline.core.procpool import pool_map
 
     if cfg.workers <= 1 or df.height < PARALLEL_MIN_ROWS:
@@ -105,7 +100,7 @@ def keyed_parts(in_paths: list[Path], df: pl.DataFrame, cfg: DedupConfig) -> Key
     tasks = []
     cfg_json = cfg.model_dump_json()
     for p in in_paths:
-        rows = read_part(p, ["origin"]).height
+        rows = part_rows(p)
         tasks += [(str(p), off, cfg.batch_rows, cfg_json) for off in range(0, rows, cfg.batch_rows)]
     keyed = concat_keyed(pool_map(_keyed_task, tasks, cfg.workers, what="dedup: keys and signatures"))
     if keyed.keys.height != df.height or not keyed.keys["origin"].equals(df["origin"]):

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.ledger import ledger_rows, write_ledger_part
-from pipeline.core.parts import PART_PATTERN
+from pipeline.core.parts import PART_PATTERN, part_rows, read_part
 from pipeline.core.procpool import pool_map
 from pipeline.core.rundir import atomic_write_parquet, claim_run_dir, remove_outputs
 from pipeline.core.stage import StageResult
@@ -177,7 +177,7 @@ def _task(args: tuple[str, int, int, str, str]) -> tuple[pl.DataFrame, dict]:
     """Filter rows [offset, offset+length) of one part into out_path; return its drops and counts."""
     in_path, offset, length, out_path, cfg_json = args
     cfg = QualityConfig.model_validate_json(cfg_json)
-    df = pl.read_parquet(in_path).slice(offset, length)
+    df = read_part(in_path, None, offset, length)
     res = filter_frame(df, cfg)
     atomic_write_parquet(res.kept, out_path)
     counts = {"input": df.height, "kept": res.kept.height, "seconds": res.seconds, "filters": res.filters}
@@ -213,7 +213,7 @@ def run_quality(in_paths: list[Path], run_dir: Path, cfg: QualityConfig, rows_pe
         coverage = benchmark_index(cfg.contamination).coverage  # a bad benchmark file fails here, once
     tasks = []
     for p in in_paths:
-        rows = pl.scan_parquet(p).select(pl.len()).collect().item()
+        rows = part_rows(p)
         for off in range(0, max(rows, 1), rows_per_task):
             out = out_dir / f"part-{len(tasks):05d}.parquet"
             tasks.append((str(p), off, rows_per_task, str(out), run_cfg.model_dump_json()))
